@@ -1,0 +1,11 @@
+# The Go toolchain: the one on PATH, else the usual install location.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+
+.PHONY: test vet
+# test runs every test, PostgreSQL ones included (they start a throwaway
+# server when PostgreSQL binaries are installed; see README.md).
+test: vet
+	$(GO) test -race -count=1 ./...
+
+vet:
+	$(GO) vet ./...
