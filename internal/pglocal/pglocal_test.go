@@ -1,0 +1,86 @@
+package pglocal_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/onlyone-go/onlyone/internal/pglocal"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(pglocal.Main(m)) }
+
+func TestStartStopRemovesEverything(t *testing.T) {
+	pglocal.Shared(t) // skips or fails as the environment says
+	if os.Getenv(pglocal.EnvURL) != "" {
+		t.Skip("a server from " + pglocal.EnvURL + " is not started or stopped here")
+	}
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "onlyone-pglocal-*"))
+	srv, err := pglocal.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := srv.Open("pgx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	if err := db.QueryRowContext(context.Background(), "SELECT 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("SELECT 1 = %d, %v", one, err)
+	}
+	db.Close()
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "onlyone-pglocal-*"))
+	if len(after) != len(before) {
+		t.Fatalf("temporary directories before Start %v, after Stop %v", before, after)
+	}
+	if srv.Kind == "local" {
+		db, _ := srv.Open("pgx")
+		defer db.Close()
+		if err := db.PingContext(context.Background()); err == nil {
+			t.Fatal("the server still answers after Stop")
+		}
+	}
+}
+
+func TestRestartKeepsData(t *testing.T) {
+	srv := pglocal.Shared(t)
+	if srv.Kind != "local" {
+		t.Skip("restart needs a local server")
+	}
+	ctx := context.Background()
+	db, err := srv.Open("pgx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS pglocal_restart (x int)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(true); err != nil {
+		t.Fatal(err)
+	}
+	// The pool's connections died with the server; a new one is made.
+	var n int
+	for i := 0; i < 3; i++ {
+		if err = db.QueryRowContext(ctx, "SELECT count(*) FROM pglocal_restart").Scan(&n); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("after restart: %v", err)
+	}
+}
+
+func TestNotFoundSaysHowToGetOne(t *testing.T) {
+	if !errors.Is(pglocal.ErrNotFound, pglocal.ErrNotFound) || !strings.Contains(pglocal.ErrNotFound.Error(), pglocal.EnvURL) {
+		t.Fatalf("ErrNotFound = %q, want it to name %s", pglocal.ErrNotFound, pglocal.EnvURL)
+	}
+}

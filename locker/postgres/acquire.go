@@ -1,0 +1,137 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/onlyone-go/onlyone/locker"
+)
+
+// setupSQL configures the pinned session and reports what acquisition
+// needs to know, in one round trip. idle_session_timeout exists from
+// PostgreSQL 14 on; older servers skip it (and the Locker warns).
+const setupSQL = `SELECT pg_backend_pid(),
+	current_setting('server_version_num')::int,
+	pg_is_in_recovery(),
+	set_config('application_name', $1, false),
+	set_config('lock_timeout', $2, false),
+	set_config('statement_timeout', $3, false),
+	set_config('idle_in_transaction_session_timeout', $3, false),
+	CASE WHEN current_setting('server_version_num')::int >= 140000
+		THEN set_config('idle_session_timeout', $3, false) END`
+
+// lockSQL waits for the lock, for at most lock_timeout.
+const lockSQL = `SELECT pg_advisory_lock($1)`
+
+// verifySQL checks, on the same session, that the server shows the lock
+// granted to it and that it is still a primary.
+const verifySQL = `SELECT pg_backend_pid(), pg_is_in_recovery(), EXISTS (
+	SELECT 1 FROM pg_locks
+	WHERE locktype = 'advisory'
+	  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+	  AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1
+	  AND granted AND pid = pg_backend_pid())`
+
+// acquire pins a connection and takes the lock on it. On any failure it
+// destroys the connection, so that no lock survives an error it reported.
+func (l *Locker) acquire(ctx context.Context) (*hold, error) {
+	conn, err := l.db.Conn(ctx)
+	if err != nil {
+		return nil, l.ctxErrorf(ctx, "acquire: connecting: %w", err)
+	}
+	h, err := l.lockOn(ctx, conn)
+	if err != nil {
+		destroy(conn)
+		return nil, err
+	}
+	return h, nil
+}
+
+// lockOn sets up the session on conn, waits for the lock in chunks and
+// verifies it. The caller destroys conn when it returns an error.
+func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn) (*hold, error) {
+	var (
+		pid, version   int
+		recovery       bool
+		s1, s2, s3, s4 string
+		s5             sql.NullString
+	)
+	err := conn.QueryRowContext(ctx, setupSQL, l.cfg.identity, ms(l.cfg.waitChunk), ms(l.cfg.sessionTimeout)).
+		Scan(&pid, &version, &recovery, &s1, &s2, &s3, &s4, &s5)
+	if err != nil {
+		return nil, l.ctxErrorf(ctx, "acquire: setting up the session: %w", err)
+	}
+	if recovery {
+		return nil, l.errorf("acquire: %w (pg_is_in_recovery() is true): a lock taken there would not exclude holders on the primary", locker.ErrStandby)
+	}
+	if version < 140000 {
+		l.cfg.logger.Warn("PostgreSQL older than 14 has no idle_session_timeout: a frozen or partitioned holder keeps the lock until its TCP connection dies",
+			"lock", l.label, "server_version_num", version)
+	}
+
+	// Wait in chunks: a statement waiting for a lock holds a snapshot,
+	// which holds back VACUUM everywhere; lock_timeout ends each chunk.
+	for {
+		_, err = conn.ExecContext(ctx, lockSQL, l.key)
+		if ctx.Err() != nil {
+			// Whatever the driver said, the lock may or may not be held
+			// (a cancelled statement can report success without the lock
+			// and failure with it): the caller destroys the session.
+			return nil, l.errorf("acquire: %w", ctx.Err())
+		}
+		if err == nil {
+			break
+		}
+		if !isLockTimeout(err) {
+			return nil, l.errorf("acquire: waiting for the lock: %w", err)
+		}
+	}
+
+	// Never trust one call's answer about the lock: ask the server.
+	classid, objid := KeyParts(l.key)
+	sent := time.Now()
+	var (
+		vpid          int
+		standby, held bool
+	)
+	err = conn.QueryRowContext(ctx, verifySQL, int64(classid), int64(objid)).Scan(&vpid, &standby, &held)
+	switch {
+	case ctx.Err() != nil:
+		return nil, l.errorf("acquire: %w", ctx.Err())
+	case err != nil:
+		return nil, l.errorf("acquire: verifying the lock: %w", err)
+	case vpid != pid:
+		return nil, l.errorf("acquire: %w (pid %d, then %d)", ErrBackendChanged, pid, vpid)
+	case standby:
+		return nil, l.errorf("acquire: %w", locker.ErrStandby)
+	case !held:
+		return nil, l.errorf("acquire: the server reported the lock taken but pg_locks does not show it held by backend %d", pid)
+	}
+	return newHold(l, conn, pid, sent), nil
+}
+
+// ctxErrorf is errorf, except that when ctx is done the error matches
+// ctx.Err() too, whatever the driver made of the cancellation.
+func (l *Locker) ctxErrorf(ctx context.Context, format string, err error) error {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return l.errorf(format, fmt.Errorf("%w (%v)", cerr, err))
+	}
+	return l.errorf(format, err)
+}
+
+// destroy closes the physical connection under conn instead of returning
+// it to the pool, so that the server ends the session and every lock and
+// setting with it. (conn.Close alone would put it back in the pool still
+// holding the lock.)
+func destroy(conn *sql.Conn) {
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	_ = conn.Close()
+}
+
+// unlockTimeout bounds the unlock statement of a Release whose context
+// has no deadline.
+const unlockTimeout = 5 * time.Second

@@ -1,0 +1,218 @@
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/onlyone-go/onlyone/locker"
+)
+
+var (
+	_ locker.Locker   = (*Locker)(nil)
+	_ locker.Errer    = (*Locker)(nil)
+	_ locker.Graceful = (*Locker)(nil)
+)
+
+// closed is the Lost channel of a Locker that never held the lock.
+var closed = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// A Locker is one contender for a PostgreSQL session advisory lock. It
+// implements locker.Locker, locker.Errer and locker.Graceful. Make one with
+// New or NewKey.
+type Locker struct {
+	db    *sql.DB
+	key   int64
+	label string // the name, or "key N", for messages
+	cfg   config
+
+	op   sync.Mutex // serialises Acquire and Release
+	hold *hold      // the hold to release, lost or not; guarded by op
+
+	mu  sync.Mutex // guards cur
+	cur *hold      // the last hold, released or not; nil before the first
+}
+
+// New returns a Locker for the lock called name in the database that db
+// reaches, with the defaults listed under WithHeartbeatInterval and its
+// sibling options. Every process that uses the same name on the same
+// database contends for the same lock. The name's key is Key(name).
+//
+// New does not connect: Acquire does. It returns an error matching
+// locker.ErrConfig for a nil db, an empty name or settings that cannot
+// work.
+func New(db *sql.DB, name string, opts ...Option) (*Locker, error) {
+	if name == "" {
+		return nil, configError("empty lock name")
+	}
+	return newLocker(db, Key(name), fmt.Sprintf("%q", name), opts)
+}
+
+// NewKey is New for a lock identified by a raw advisory-lock key, for
+// users who already number their locks.
+func NewKey(db *sql.DB, key int64, opts ...Option) (*Locker, error) {
+	return newLocker(db, key, fmt.Sprintf("key %d", key), opts)
+}
+
+func newLocker(db *sql.DB, key int64, label string, opts []Option) (*Locker, error) {
+	if db == nil {
+		return nil, configError("nil *sql.DB")
+	}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Locker{db: db, key: key, label: label, cfg: cfg}, nil
+}
+
+// Key returns the advisory-lock key l contends for.
+func (l *Locker) Key() int64 { return l.key }
+
+// Identity returns the application_name l's sessions carry.
+func (l *Locker) Identity() string { return l.cfg.identity }
+
+// Grace returns the time after Lost closes during which the server grants
+// the lock to nobody else, provided the holder's process keeps running: the
+// Grace setting.
+func (l *Locker) Grace() time.Duration { return l.cfg.grace }
+
+// SessionTimeout returns the server-side bound set on l's sessions.
+func (l *Locker) SessionTimeout() time.Duration { return l.cfg.sessionTimeout }
+
+// Lost returns a channel that is closed when l does not hold the lock.
+func (l *Locker) Lost() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cur == nil {
+		return closed
+	}
+	return l.cur.lost
+}
+
+// Err returns nil while l holds the lock, locker.ErrNotHeld before the
+// first Acquire and after Release, and an error matching locker.ErrLost
+// that says why once a hold was lost.
+func (l *Locker) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cur == nil {
+		return locker.ErrNotHeld
+	}
+	return l.cur.endErr()
+}
+
+// Acquire blocks until l holds the lock, ctx is done, or the database
+// fails. It pins one connection of the pool, sets up its session, waits in
+// chunks of WaitChunk, and verifies the lock in pg_locks before returning
+// nil. On any error or cancellation the connection is destroyed, never
+// returned to the pool, so no lock is left behind. It returns an error
+// matching locker.ErrStandby on a standby server.
+//
+// Acquire after a hold was lost, without Release, first releases that hold.
+func (l *Locker) Acquire(ctx context.Context) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	if h := l.hold; h != nil {
+		if !h.isLost() {
+			return locker.ErrHeld
+		}
+		l.hold = nil
+		if err := h.release(ctx); err != nil {
+			return l.errorf("acquire: releasing the lost hold: %w", err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return l.errorf("acquire: %w", err)
+	}
+	h, err := l.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	l.hold = h
+	l.mu.Lock()
+	l.cur = h
+	l.mu.Unlock()
+	go h.heartbeat()
+	l.cfg.logger.Info("lock acquired", "lock", l.label, "key", l.key, "pid", h.pid)
+	return nil
+}
+
+// Release gives the lock up: it closes Lost, stops the heartbeat, unlocks,
+// and destroys the pinned connection (never returned to the pool). When it
+// returns nil, the server has unlocked or is ending the session. If ctx
+// ends while the connection is stuck in the driver (a silent network),
+// Release returns an error; the connection is destroyed as soon as the
+// driver gives it back, and the server frees the lock within
+// SessionTimeout of the session's last statement in any case.
+func (l *Locker) Release(ctx context.Context) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	h := l.hold
+	if h == nil {
+		return nil
+	}
+	l.hold = nil
+	err := h.release(ctx)
+	l.cfg.logger.Info("lock released", "lock", l.label, "key", l.key, "pid", h.pid)
+	if err != nil {
+		return l.errorf("release: %w", err)
+	}
+	return nil
+}
+
+// errorf returns an error prefixed with the package and the lock.
+func (l *Locker) errorf(format string, args ...any) error {
+	return fmt.Errorf("postgres: lock %s: "+format, append([]any{l.label}, args...)...)
+}
+
+// A LostError is what Err reports after a held lock was lost. It matches
+// locker.ErrLost.
+type LostError struct {
+	Lock  string // the name, quoted, or "key N"
+	PID   int    // the backend pid of the lost session
+	Cause error  // why: a failed heartbeat, a timeout, a changed backend
+}
+
+func (e *LostError) Error() string {
+	return fmt.Sprintf("postgres: lock %s lost (backend pid %d): %v", e.Lock, e.PID, e.Cause)
+}
+
+// Is reports whether target is locker.ErrLost.
+func (e *LostError) Is(target error) bool { return target == locker.ErrLost }
+
+// Unwrap returns the cause.
+func (e *LostError) Unwrap() error { return e.Cause }
+
+// ErrHeartbeatTimeout is the cause of a loss when no heartbeat succeeded
+// within LossTimeout.
+var ErrHeartbeatTimeout = errors.New("no heartbeat succeeded within LossTimeout")
+
+// ErrBackendChanged is the cause of a loss, or of a failed Acquire, when the
+// session's backend pid changed: a transaction-mode pooler (PgBouncer)
+// moved the session, and with it the lock. Connect directly or through a
+// session-mode pool.
+var ErrBackendChanged = errors.New("backend pid changed: the connection goes through a transaction-mode pooler; session locks need a direct or session-mode connection")
+
+// sqlState returns the SQLSTATE of a driver error, or "". Both lib/pq and
+// pgx errors have a SQLState method.
+func sqlState(err error) string {
+	var s interface{ SQLState() string }
+	if errors.As(err, &s) {
+		return s.SQLState()
+	}
+	return ""
+}
+
+// isLockTimeout reports whether err is the server's lock_timeout error
+// (SQLSTATE 55P03, lock_not_available).
+func isLockTimeout(err error) bool { return sqlState(err) == "55P03" }
+
+// ms formats d for a PostgreSQL timeout setting.
+func ms(d time.Duration) string { return fmt.Sprintf("%dms", d.Milliseconds()) }
