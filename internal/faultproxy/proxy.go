@@ -110,11 +110,16 @@ func (p *Proxy) accept() {
 }
 
 // pipe copies from src to dst until either fails, dropping bytes while
-// the network is silent, then closes both.
+// the network is silent, then closes both — unless the network is silent,
+// when a close does not travel either: Close closes them later.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	defer dst.Close()
-	defer src.Close()
+	defer func() {
+		if !p.isDropping() {
+			dst.Close()
+			src.Close()
+		}
+	}()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)

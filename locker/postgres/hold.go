@@ -23,6 +23,7 @@ type hold struct {
 	done chan struct{} // closed when the heartbeat goroutine has ended
 
 	releaseCtx context.Context // set before stop is closed
+	stopOnce   sync.Once
 
 	mu       sync.Mutex // guards deadline, err and timer
 	deadline time.Time  // last good statement's send time + LossTimeout
@@ -43,8 +44,11 @@ func newHold(l *Locker, conn *sql.Conn, pid int, verified time.Time) *hold {
 		deadline: verified.Add(l.cfg.loss),
 	}
 	// The loss timer does not wait for a heartbeat call to return: a
-	// driver may ignore deadlines on a silent network.
+	// driver may ignore deadlines on a silent network. It is set under
+	// h.mu, which its function takes, so that the function sees it.
+	h.mu.Lock()
 	h.timer = time.AfterFunc(time.Until(h.deadline), h.expire)
+	h.mu.Unlock()
 	return h
 }
 
@@ -165,9 +169,11 @@ func (h *hold) cleanup() {
 // release ends the hold (closing Lost before anything else), stops the
 // heartbeat and waits for it to unlock and destroy the connection.
 func (h *hold) release(ctx context.Context) error {
-	h.end(locker.ErrNotHeld)
-	h.releaseCtx = ctx
-	close(h.stop)
+	h.stopOnce.Do(func() {
+		h.end(locker.ErrNotHeld)
+		h.releaseCtx = ctx
+		close(h.stop)
+	})
 	select {
 	case <-h.done:
 		return nil

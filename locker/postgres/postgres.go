@@ -123,10 +123,10 @@ func (l *Locker) Acquire(ctx context.Context) error {
 		if !h.isLost() {
 			return locker.ErrHeld
 		}
-		l.hold = nil
 		if err := h.release(ctx); err != nil {
 			return l.errorf("acquire: releasing the lost hold: %w", err)
 		}
+		l.hold = nil
 	}
 	if err := ctx.Err(); err != nil {
 		return l.errorf("acquire: %w", err)
@@ -146,11 +146,14 @@ func (l *Locker) Acquire(ctx context.Context) error {
 
 // Release gives the lock up: it closes Lost, stops the heartbeat, unlocks,
 // and destroys the pinned connection (never returned to the pool). When it
-// returns nil, the server has unlocked or is ending the session. If ctx
-// ends while the connection is stuck in the driver (a silent network),
-// Release returns an error; the connection is destroyed as soon as the
-// driver gives it back, and the server frees the lock within
-// SessionTimeout of the session's last statement in any case.
+// returns nil, the server has unlocked or is ending the session.
+//
+// If ctx ends while the connection is stuck in the driver (lib/pq on a
+// silent network ignores deadlines), Release returns an error that matches
+// ctx.Err(). Lost is closed all the same; the connection is destroyed as
+// soon as the driver gives it back, and the server frees the lock within
+// SessionTimeout of the session's last statement in any case. Calling
+// Release again waits for that clean-up.
 func (l *Locker) Release(ctx context.Context) error {
 	l.op.Lock()
 	defer l.op.Unlock()
@@ -158,12 +161,11 @@ func (l *Locker) Release(ctx context.Context) error {
 	if h == nil {
 		return nil
 	}
-	l.hold = nil
-	err := h.release(ctx)
-	l.cfg.logger.Info("lock released", "lock", l.label, "key", l.key, "pid", h.pid)
-	if err != nil {
+	if err := h.release(ctx); err != nil {
 		return l.errorf("release: %w", err)
 	}
+	l.hold = nil
+	l.cfg.logger.Info("lock released", "lock", l.label, "key", l.key, "pid", h.pid)
 	return nil
 }
 
