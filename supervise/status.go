@@ -1,0 +1,138 @@
+package supervise
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// State is where a Supervisor is.
+type State int
+
+const (
+	Idle     State = iota // Run has not been called
+	Waiting               // waiting for the lock
+	Leading               // holding the lock; the child runs
+	Stopping              // the child was told to stop; waiting for it
+	Stopped               // Run has returned
+)
+
+func (s State) String() string {
+	switch s {
+	case Idle:
+		return "idle"
+	case Waiting:
+		return "waiting"
+	case Leading:
+		return "leading"
+	case Stopping:
+		return "stopping"
+	case Stopped:
+		return "stopped"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// Status is a snapshot of a Supervisor.
+type Status struct {
+	State     State
+	Since     time.Time // when State was entered
+	Restarts  int       // restarts of the child since Run began
+	LastError error     // the last error of an acquisition, the child or a release
+}
+
+// Status returns the Supervisor's current status.
+func (s *Supervisor) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+func (s *Supervisor) setStatus(f func(*Status)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.status)
+}
+
+func (s *Supervisor) transition(to State, err error) {
+	s.setStatus(func(st *Status) {
+		if st.State != to {
+			st.State, st.Since = to, s.clock()
+		}
+		if err != nil {
+			st.LastError = err
+		}
+	})
+}
+
+// EventKind says what happened.
+type EventKind int
+
+const (
+	EventAcquireFailed EventKind = iota + 1 // Acquire failed (Err); retrying after Delay
+	EventAcquired                           // the lock is held; the child starts
+	EventLost                               // the lock was lost (Err says why); the child is told to stop
+	EventStopping                           // the child is told to stop (loss or shutdown)
+	EventStuck                              // the child did not stop within ShutdownTimeout
+	EventChildExited                        // the child returned (Err is its result)
+	EventReleased                           // the lock was released (Err from Release)
+	EventRestarting                         // the child will be started again after Delay
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventAcquireFailed:
+		return "acquire-failed"
+	case EventAcquired:
+		return "acquired"
+	case EventLost:
+		return "lost"
+	case EventStopping:
+		return "stopping"
+	case EventStuck:
+		return "stuck"
+	case EventChildExited:
+		return "child-exited"
+	case EventReleased:
+		return "released"
+	case EventRestarting:
+		return "restarting"
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// An Event is one transition of a Supervisor, passed to OnEvent.
+type Event struct {
+	Kind  EventKind
+	Time  time.Time
+	Err   error
+	Delay time.Duration // for EventAcquireFailed and EventRestarting
+}
+
+// emit records e in the status, logs it and passes it to OnEvent.
+func (s *Supervisor) emit(e Event) {
+	e.Time = s.clock()
+	if e.Err != nil {
+		s.setStatus(func(st *Status) { st.LastError = e.Err })
+	}
+	s.logger().Log(context.Background(), e.level(), "supervise: "+e.Kind.String(), "err", e.Err, "delay", e.Delay)
+	if s.OnEvent != nil {
+		s.OnEvent(e)
+	}
+}
+
+// level is the level at which e is logged.
+func (e Event) level() slog.Level {
+	switch e.Kind {
+	case EventStuck, EventLost:
+		return slog.LevelError
+	case EventAcquireFailed:
+		return slog.LevelWarn
+	case EventChildExited, EventRestarting:
+		if e.Err != nil {
+			return slog.LevelWarn
+		}
+	}
+	return slog.LevelInfo
+}
