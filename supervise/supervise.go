@@ -316,6 +316,12 @@ func (s *Supervisor) lead(ctx context.Context, l locker.Locker, c settings, chil
 		return why, err
 	case <-s.timer(c.shutdown):
 	}
+	select {
+	case err := <-done: // returned as the timeout fired: not stuck
+		s.emit(Event{Kind: EventChildExited, Err: err})
+		return why, err
+	default:
+	}
 	s.emit(Event{Kind: EventStuck})
 	if s.Stuck == Terminate {
 		s.logger().Error("child did not stop within ShutdownTimeout; terminating the process so that it cannot run twice",

@@ -80,7 +80,8 @@ func (ev *events) kinds() []supervise.EventKind {
 
 // instant makes every backoff and timeout of s fire at once, and its clock
 // stand still, so that restart tests need no waiting.
-func instant(s *supervise.Supervisor) {
+func instant(t *testing.T, s *supervise.Supervisor) {
+	s.SetExit(func(int) { t.Error("the stuck-child policy terminated the process") })
 	at := time.Unix(1e9, 0)
 	s.SetClock(func() time.Time { return at }, func(time.Duration) <-chan time.Time {
 		c := make(chan time.Time, 1)
@@ -303,7 +304,7 @@ func TestRestartPolicies(t *testing.T) {
 			reg := memory.New()
 			ev := newEvents()
 			s := &supervise.Supervisor{Restart: tc.policy, MaxRestarts: 2, OnEvent: ev.hook}
-			instant(s)
+			instant(t, s)
 			calls := 0
 			panicFirst := tc.name == "transient restarts after a panic"
 			err := s.Run(context.Background(), reg.Locker("job"), func(context.Context) error {
@@ -339,6 +340,7 @@ func TestRestartPolicies(t *testing.T) {
 func TestRestartIntensityWindowSlides(t *testing.T) {
 	reg := memory.New()
 	s := &supervise.Supervisor{MaxRestarts: 2, RestartPeriod: time.Minute}
+	s.SetExit(func(int) { t.Error("the stuck-child policy terminated the process") })
 	now := time.Unix(1e9, 0)
 	s.SetClock(func() time.Time { return now }, func(time.Duration) <-chan time.Time {
 		c := make(chan time.Time, 1)
