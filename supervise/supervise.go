@@ -37,7 +37,8 @@ const (
 	// Transient restarts the child when it returns an error or panics;
 	// Run returns nil when the child returns nil.
 	Transient
-	// Temporary never restarts the child: Run returns what it returned.
+	// Temporary never restarts the child: Run returns what it returned,
+	// or an error matching locker.ErrLost if it was stopped by a loss.
 	Temporary
 )
 
@@ -255,6 +256,10 @@ func (s *Supervisor) Run(ctx context.Context, l locker.Locker, child func(ctx co
 			return fmt.Errorf("%w (%v)", ErrStuck, childErr)
 		case end == endShutdown:
 			return nil
+		case end == endLost && s.Restart == Temporary:
+			// Never restarted, not even when the lock comes back: a
+			// one-shot job stopped half-way is for its owner to rerun.
+			return fmt.Errorf("supervise: child stopped: %w", lostErr(l))
 		case end == endLost:
 			continue // not the child's fault: wait for the lock again
 		}
@@ -336,6 +341,15 @@ func (s *Supervisor) lead(ctx context.Context, l locker.Locker, c settings, chil
 	err := <-done
 	s.emit(Event{Kind: EventChildExited, Err: err})
 	return endStuck, err
+}
+
+// lostErr is why l's hold ended, matching locker.ErrLost even for a
+// Locker that cannot say why.
+func lostErr(l locker.Locker) error {
+	if err := locker.Err(l); errors.Is(err, locker.ErrLost) {
+		return err
+	}
+	return locker.ErrLost
 }
 
 // call runs child, turning a panic into a *PanicError.

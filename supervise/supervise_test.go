@@ -440,3 +440,22 @@ func TestSettingsValidated(t *testing.T) {
 		t.Errorf("Run with the default ShutdownTimeout and a 1s grace = %v, want nil (the default shrinks to the grace)", err)
 	}
 }
+
+func TestTemporaryNotRestartedAfterLoss(t *testing.T) {
+	reg := memory.New()
+	s := &supervise.Supervisor{Restart: supervise.Temporary}
+	s.OnEvent = func(e supervise.Event) {
+		if e.Kind == supervise.EventAcquired {
+			reg.Revoke("once")
+		}
+	}
+	calls := 0
+	err := s.Run(context.Background(), reg.Locker("once"), func(ctx context.Context) error {
+		calls++
+		<-ctx.Done()
+		return nil
+	})
+	if !errors.Is(err, locker.ErrLost) || calls != 1 {
+		t.Fatalf("Run = %v after %d calls, want ErrLost after 1", err, calls)
+	}
+}

@@ -71,7 +71,7 @@ type helper struct {
 func startHelper(t *testing.T, e *env, mode, name string) *helper {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+mode, "HELPER_DRIVER="+e.driver, "HELPER_URL="+e.srv.URL, "HELPER_NAME="+name)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", helperEnv+"="+mode, "HELPER_DRIVER="+e.driver, "HELPER_URL="+e.srv.URL, "HELPER_NAME="+name)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,94 @@
+// Command onlyone runs any program as a cluster singleton, backed by a
+// PostgreSQL advisory lock: of all the onlyone processes started with the
+// same --name against the same database, one at a time runs its command.
+//
+// Usage:
+//
+//	onlyone run --name NAME [flags] -- COMMAND [ARGS...]
+//	onlyone status --name NAME [flags]
+//
+// The database URL comes from --database-url or DATABASE_URL. Run
+// "onlyone help" or "onlyone COMMAND --help" for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// Exit statuses of onlyone itself; otherwise it exits with its command's.
+const (
+	exitError = 1  // an error: the server could not be reached, the command could not start
+	exitUsage = 2  // bad flags or arguments
+	exitLost  = 75 // the lock was lost and the command stopped (EX_TEMPFAIL)
+)
+
+const usage = `onlyone runs a command on exactly one node at a time, using a PostgreSQL lock.
+
+Usage:
+  onlyone run --name NAME [flags] -- COMMAND [ARGS...]
+      Wait for the lock called NAME, run COMMAND while it is held, and exit
+      with its exit status. The command is stopped (SIGTERM, then SIGKILL
+      after --shutdown-timeout) when the lock is lost or onlyone is told to
+      stop. With --restart the command is restarted as a supervised service.
+
+  onlyone status --name NAME [flags]
+      Show who holds the lock called NAME.
+
+The database URL is --database-url, or the DATABASE_URL environment variable.
+Run "onlyone COMMAND --help" for the flags of a command.
+`
+
+func main() {
+	os.Exit(cli(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// cli runs the command line args and returns the exit status.
+func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	switch args[0] {
+	case "run":
+		return run(ctx, args[1:], stdout, stderr)
+	case "status":
+		return status(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "onlyone: unknown command %q\n\n%s", args[0], usage)
+	return exitUsage
+}
+
+// databaseURL returns the flag's value, or DATABASE_URL.
+func databaseURL(flag string) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if u := os.Getenv("DATABASE_URL"); u != "" {
+		return u, nil
+	}
+	return "", errors.New("no database: set --database-url or DATABASE_URL")
+}
+
+// redactor hides a password in error messages.
+type redactor struct{ secret string }
+
+func (r redactor) String(s string) string {
+	if r.secret == "" {
+		return s
+	}
+	return strings.ReplaceAll(s, r.secret, "REDACTED")
+}
+
+func (r redactor) Err(err error) string { return r.String(err.Error()) }
+
+// signals onlyone forwards to its command.
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
