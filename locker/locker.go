@@ -120,3 +120,27 @@ func Grace(l Locker) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// Fencer is implemented by a Locker whose holds carry fencing tokens.
+//
+// A fencing token lets the resource the holder writes to reject a holder
+// that no longer holds the lock but does not know it yet — a process that
+// was paused past its lease, or whose session an operator terminated. The
+// holder sends its token with every write; the resource remembers the
+// largest token it has seen and refuses writes with a smaller one (package
+// fence does this for a PostgreSQL table).
+type Fencer interface {
+	// Token returns the current hold's token and true while the lock is
+	// held, and 0 and false otherwise. Each hold's token is strictly
+	// greater than the token of every earlier hold of any lock of the
+	// same backend.
+	Token() (uint64, bool)
+}
+
+// Token returns l's fencing token, if l is a Fencer that holds its lock.
+func Token(l Locker) (uint64, bool) {
+	if f, ok := l.(Fencer); ok {
+		return f.Token()
+	}
+	return 0, false
+}

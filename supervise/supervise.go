@@ -296,7 +296,7 @@ const (
 
 // lead runs child while l is held and returns when it has ended.
 func (s *Supervisor) lead(ctx context.Context, l locker.Locker, c settings, child func(context.Context) error) (end, error) {
-	cctx, cancel := context.WithCancel(ctx)
+	cctx, cancel := context.WithCancel(withToken(ctx, l))
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- call(cctx, child) }()

@@ -459,3 +459,30 @@ func TestTemporaryNotRestartedAfterLoss(t *testing.T) {
 		t.Fatalf("Run = %v after %d calls, want ErrLost after 1", err, calls)
 	}
 }
+
+func TestChildGetsFencingToken(t *testing.T) {
+	reg := memory.New()
+	var tokens []uint64
+	s := &supervise.Supervisor{Restart: supervise.Transient}
+	instant(t, s)
+	err := s.Run(context.Background(), reg.Locker("fenced"), func(ctx context.Context) error {
+		tok, ok := supervise.Token(ctx)
+		if !ok {
+			return errors.New("no token in the child's ctx")
+		}
+		tokens = append(tokens, tok)
+		if len(tokens) < 3 {
+			return errors.New("fail, to be restarted")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tokens) != 3 || !(tokens[0] < tokens[1] && tokens[1] < tokens[2]) {
+		t.Fatalf("tokens %v, want three, strictly increasing", tokens)
+	}
+	if _, ok := supervise.Token(context.Background()); ok {
+		t.Fatal("Token of a context without one = true")
+	}
+}

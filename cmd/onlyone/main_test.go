@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -252,13 +253,22 @@ func TestExitStatusPassesThrough(t *testing.T) {
 func TestCommandSeesTheLock(t *testing.T) {
 	srv := pglocal.Shared(t)
 	name := uniqueName(t)
-	w := start(t, srv.URL, nil, "run", "--name", name, "--identity", "node-a", "--", "sh", "-c", `echo "$ONLYONE_NAME $ONLYONE_IDENTITY $ONLYONE_LOCK_KEY"`)
-	if code := w.wait(t); code != 0 {
-		t.Fatal(w.stderr.String())
-	}
-	want := name + " node-a " + fmtInt64(postgres.Key(name))
-	if got := strings.TrimSpace(w.stdout.String()); got != want {
-		t.Fatalf("the command saw %q, want %q", got, want)
+	var last uint64
+	for i := 0; i < 2; i++ {
+		w := start(t, srv.URL, nil, "run", "--name", name, "--identity", "node-a", "--", "sh", "-c", `echo "$ONLYONE_NAME $ONLYONE_IDENTITY $ONLYONE_LOCK_KEY $ONLYONE_FENCING_TOKEN"`)
+		if code := w.wait(t); code != 0 {
+			t.Fatal(w.stderr.String())
+		}
+		f := strings.Fields(w.stdout.String())
+		want := []string{name, "node-a", fmtInt64(postgres.Key(name))}
+		if len(f) != 4 || f[0] != want[0] || f[1] != want[1] || f[2] != want[2] {
+			t.Fatalf("the command saw %q, want %q and a token", w.stdout.String(), want)
+		}
+		tok, err := strconv.ParseUint(f[3], 10, 64)
+		if err != nil || tok <= last {
+			t.Fatalf("ONLYONE_FENCING_TOKEN = %q, want a number above the previous run's %d", f[3], last)
+		}
+		last = tok
 	}
 }
 

@@ -37,7 +37,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: onlyone run --name NAME [flags] -- COMMAND [ARGS...]\n\n"+
 			"Runs COMMAND while this node holds the lock NAME, in its own process group, without a shell.\n"+
-			"The command gets ONLYONE_NAME, ONLYONE_IDENTITY and ONLYONE_LOCK_KEY in its environment.\n"+
+			"The command gets ONLYONE_NAME, ONLYONE_IDENTITY, ONLYONE_LOCK_KEY and ONLYONE_FENCING_TOKEN\n"+
+			"in its environment.\n"+
 			"SIGINT, SIGTERM and SIGHUP are forwarded to it; onlyone exits with its exit status,\n"+
 			"%d if the lock was lost (the command was stopped), %d on bad usage, %d on other errors.\n\nFlags:\n", exitLost, exitUsage, exitError)
 		fs.PrintDefaults()
@@ -199,6 +200,9 @@ func (c *commandRunner) run(ctx context.Context) error {
 	cmd := exec.Command(c.args[0], c.args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.stdout, c.stderr
 	cmd.Env = c.env
+	if tok, ok := supervise.Token(ctx); ok {
+		cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], "ONLYONE_FENCING_TOKEN="+strconv.FormatUint(tok, 10))
+	}
 	// Pdeathsig: if onlyone is SIGKILLed, the kernel kills the command.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

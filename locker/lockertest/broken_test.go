@@ -53,6 +53,9 @@ var brokenBackends = []struct {
 	{"ReleaseFailsWhenIdle", "LostClosedBeforeAcquire", func(reg *memory.Registry, name string) locker.Locker {
 		return &releaseFailsWhenIdle{reg.Locker(name)}
 	}},
+	{"TokensPerName", "FencingTokensIncrease", func(reg *memory.Registry, name string) locker.Locker {
+		return &tokensPerName{reg.Locker(name)}
+	}},
 }
 
 // TestSuiteCatches is the suite's own test: it has teeth.
@@ -284,4 +287,32 @@ func isClosed(c <-chan struct{}) bool {
 	default:
 		return false
 	}
+}
+
+// tokensPerName numbers holds per name, so a new name starts again at 1:
+// a token smaller than one handed out before.
+type tokensPerName struct{ *memory.Locker }
+
+var perName = struct {
+	sync.Mutex
+	n map[string]uint64
+}{n: map[string]uint64{}}
+
+func (l *tokensPerName) inner() *memory.Locker { return l.Locker }
+func (l *tokensPerName) Acquire(ctx context.Context) error {
+	if err := l.Locker.Acquire(ctx); err != nil {
+		return err
+	}
+	perName.Lock()
+	perName.n[l.Name()]++
+	perName.Unlock()
+	return nil
+}
+func (l *tokensPerName) Token() (uint64, bool) {
+	if _, ok := l.Locker.Token(); !ok {
+		return 0, false
+	}
+	perName.Lock()
+	defer perName.Unlock()
+	return perName.n[l.Name()], true
 }

@@ -16,7 +16,8 @@
 // Run runs one subtest per property: mutual exclusion under contention,
 // Lost semantics, contexts honoured, Release idempotent, re-Acquire,
 // hand-over to a waiter, names independent, loss delivered to the holder,
-// and no goroutine left behind. Each subtest has a watchdog, so a Locker that
+// fencing tokens that only grow (for a locker.Fencer), and no goroutine
+// left behind. Each subtest has a watchdog, so a Locker that
 // blocks where it must not fails the subtest instead of hanging the run.
 //
 // Run the suite under the race detector (go test -race): several properties
@@ -94,6 +95,7 @@ var properties = []property{
 	{"NamesIndependent", false, testNamesIndependent},
 	{"LossDeliveredToHolder", true, testLossDelivered},
 	{"ReacquireAfterLoss", true, testReacquireAfterLoss},
+	{"FencingTokensIncrease", false, testFencingTokens},
 }
 
 // Run checks b against every property of the locker contract, one subtest
@@ -537,4 +539,40 @@ func testReacquireAfterLoss(h *harness) {
 	h.mustRelease(other, "the other contender")
 	h.mustAcquire(holder, "the Locker that lost, again")
 	h.mustRelease(holder, "the Locker that lost")
+}
+
+func testFencingTokens(h *harness) {
+	a, b := h.newLocker(h.name(0)), h.newLocker(h.name(0))
+	if _, ok := a.(locker.Fencer); !ok {
+		h.t.Skip("lockertest: not a locker.Fencer")
+	}
+	if tok, ok := locker.Token(a); ok {
+		h.t.Fatalf("Token before Acquire = %d, true; want false", tok)
+	}
+	var last uint64
+	take := func(l locker.Locker, who string) {
+		h.t.Helper()
+		h.mustAcquire(l, who)
+		tok, ok := locker.Token(l)
+		if !ok {
+			h.t.Fatalf("%s: Token while holding = false", who)
+		}
+		if tok <= last {
+			h.t.Fatalf("%s: token %d, want more than the previous hold's %d", who, tok, last)
+		}
+		if again, _ := locker.Token(l); again != tok {
+			h.t.Fatalf("%s: Token changed during one hold: %d, then %d", who, tok, again)
+		}
+		last = tok
+	}
+	for i := 0; i < 3; i++ {
+		take(a, "a")
+		h.mustRelease(a, "a")
+		if _, ok := locker.Token(a); ok {
+			h.t.Fatal("Token after Release = true, want false")
+		}
+		take(b, "b")
+		h.mustRelease(b, "b")
+	}
+	take(h.newLocker(h.name(1)), "a contender for another name")
 }

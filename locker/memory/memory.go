@@ -19,6 +19,7 @@ import (
 var (
 	_ locker.Locker = (*Locker)(nil)
 	_ locker.Errer  = (*Locker)(nil)
+	_ locker.Fencer = (*Locker)(nil)
 )
 
 // ErrRevoked is matched, along with locker.ErrLost, by the Err of a Locker
@@ -36,8 +37,9 @@ var closed = func() chan struct{} {
 // made from the same Registry exclude one another by name; Lockers made from
 // different Registries never meet. The zero Registry is not usable: call New.
 type Registry struct {
-	mu    sync.Mutex
-	slots map[string]*slot
+	mu     sync.Mutex
+	slots  map[string]*slot
+	tokens uint64 // the last fencing token handed out
 }
 
 // slot is the state of one name.
@@ -110,7 +112,7 @@ func (r *Registry) Terminate(name string) bool {
 }
 
 // A Locker is one contender for a name in a Registry. It implements
-// locker.Locker and locker.Errer. It has no grace: Revoke keeps the name
+// locker.Locker, locker.Errer and locker.Fencer. It has no grace: Revoke keeps the name
 // taken until Release, but Terminate does not.
 type Locker struct {
 	r    *Registry
@@ -119,8 +121,9 @@ type Locker struct {
 	op sync.Mutex // serialises Acquire and Release
 
 	// Guarded by r.mu.
-	lost chan struct{}
-	err  error
+	lost  chan struct{}
+	err   error
+	token uint64
 }
 
 // Name returns the name l contends for.
@@ -149,6 +152,8 @@ func (l *Locker) Acquire(ctx context.Context) error {
 			s.holder = l
 			l.lost = make(chan struct{})
 			l.err = nil
+			l.r.tokens++
+			l.token = l.r.tokens
 			l.r.mu.Unlock()
 			return nil
 		}
@@ -176,6 +181,18 @@ func (l *Locker) Err() error {
 	l.r.mu.Lock()
 	defer l.r.mu.Unlock()
 	return l.err
+}
+
+// Token returns the fencing token of l's current hold: one more than the
+// last token the Registry handed out, for any name. It returns false when l
+// does not hold its name (before Acquire, after Release or loss).
+func (l *Locker) Token() (uint64, bool) {
+	l.r.mu.Lock()
+	defer l.r.mu.Unlock()
+	if l.err != nil {
+		return 0, false
+	}
+	return l.token, true
 }
 
 // Release gives the name up. It never fails.

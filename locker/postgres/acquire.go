@@ -28,13 +28,19 @@ const setupSQL = `SELECT pg_backend_pid(),
 const lockSQL = `SELECT pg_advisory_lock($1)`
 
 // verifySQL checks, on the same session, that the server shows the lock
-// granted to it and that it is still a primary.
+// granted to it and that it is still a primary, and takes the hold's
+// fencing token: a transaction id, assigned now that the lock is held, and
+// forced to WAL by a transactional logical message, whose commit is
+// flushed. Without the flush a crash can forget the id and hand it out
+// again; with it, the next token after a restart is larger.
 const verifySQL = `SELECT pg_backend_pid(), pg_is_in_recovery(), EXISTS (
 	SELECT 1 FROM pg_locks
 	WHERE locktype = 'advisory'
 	  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 	  AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1
-	  AND granted AND pid = pg_backend_pid())`
+	  AND granted AND pid = pg_backend_pid()),
+	txid_current(),
+	pg_logical_emit_message(true, 'onlyone', $3)::text`
 
 // acquire pins a connection and takes the lock on it. On any failure it
 // destroys the connection, so that no lock survives an error it reported.
@@ -97,8 +103,11 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn) (*hold, error) {
 	var (
 		vpid          int
 		standby, held bool
+		token         int64
+		lsn           string
 	)
-	err = conn.QueryRowContext(ctx, verifySQL, int64(classid), int64(objid)).Scan(&vpid, &standby, &held)
+	err = conn.QueryRowContext(ctx, verifySQL, int64(classid), int64(objid), "fencing token for lock "+l.label).
+		Scan(&vpid, &standby, &held, &token, &lsn)
 	switch {
 	case ctx.Err() != nil:
 		return nil, l.errorf("acquire: %w", ctx.Err())
@@ -111,7 +120,7 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn) (*hold, error) {
 	case !held:
 		return nil, l.errorf("acquire: the server reported the lock taken but pg_locks does not show it held by backend %d", pid)
 	}
-	return newHold(l, conn, pid, sent), nil
+	return newHold(l, conn, pid, uint64(token), sent), nil
 }
 
 // ctxErrorf is errorf, except that when ctx is done the error matches

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"sort"
@@ -44,6 +45,21 @@ func helperMain(mode string) int {
 		}
 		fmt.Println("held")
 		select {}
+	case "token":
+		l, err := postgres.New(db, name)
+		if err == nil {
+			err = l.Acquire(ctx)
+		}
+		if err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		tok, _ := l.Token()
+		fmt.Println("token", tok)
+		_ = l.Release(ctx)
+		return 0
+	case "fence":
+		return fenceHelper(ctx, db, name)
 	case "hold":
 		l, err := postgres.New(db, name, fast...)
 		if err == nil {
@@ -65,6 +81,7 @@ func helperMain(mode string) int {
 // helper is a running holder process.
 type helper struct {
 	cmd   *exec.Cmd
+	stdin io.Writer
 	lines chan string
 }
 
@@ -76,11 +93,15 @@ func startHelper(t *testing.T, e *env, mode, name string) *helper {
 	if err != nil {
 		t.Fatal(err)
 	}
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	h := &helper{cmd: cmd, lines: make(chan string, 10)}
+	h := &helper{cmd: cmd, stdin: in, lines: make(chan string, 10)}
 	go func() {
 		defer close(h.lines)
 		sc := bufio.NewScanner(out)
@@ -92,8 +113,10 @@ func startHelper(t *testing.T, e *env, mode, name string) *helper {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	if line := h.next(t, 30*time.Second); line != "held" {
-		t.Fatalf("helper: %q, want held", line)
+	if mode == "hold" || mode == "raw" {
+		if line := h.next(t, 30*time.Second); line != "held" {
+			t.Fatalf("helper: %q, want held", line)
+		}
 	}
 	return h
 }

@@ -14,9 +14,10 @@ import (
 // A hold is one acquisition: a pinned connection holding the lock, and the
 // heartbeat goroutine that owns the connection until Release.
 type hold struct {
-	l    *Locker
-	conn *sql.Conn
-	pid  int
+	l     *Locker
+	conn  *sql.Conn
+	pid   int
+	token uint64
 
 	lost chan struct{} // closed by end, once
 	stop chan struct{} // closed by release: the heartbeat must clean up
@@ -33,11 +34,12 @@ type hold struct {
 
 // newHold starts a hold on conn, whose statement sent at verified showed
 // the lock held.
-func newHold(l *Locker, conn *sql.Conn, pid int, verified time.Time) *hold {
+func newHold(l *Locker, conn *sql.Conn, pid int, token uint64, verified time.Time) *hold {
 	h := &hold{
 		l:        l,
 		conn:     conn,
 		pid:      pid,
+		token:    token,
 		lost:     make(chan struct{}),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),

@@ -15,6 +15,7 @@ var (
 	_ locker.Locker   = (*Locker)(nil)
 	_ locker.Errer    = (*Locker)(nil)
 	_ locker.Graceful = (*Locker)(nil)
+	_ locker.Fencer   = (*Locker)(nil)
 )
 
 // closed is the Lost channel of a Locker that never held the lock.
@@ -25,7 +26,8 @@ var closed = func() chan struct{} {
 }()
 
 // A Locker is one contender for a PostgreSQL session advisory lock. It
-// implements locker.Locker, locker.Errer and locker.Graceful. Make one with
+// implements locker.Locker, locker.Errer, locker.Graceful and
+// locker.Fencer. Make one with
 // New or NewKey.
 type Locker struct {
 	db    *sql.DB
@@ -85,6 +87,22 @@ func (l *Locker) Grace() time.Duration { return l.cfg.grace }
 
 // SessionTimeout returns the server-side bound set on l's sessions.
 func (l *Locker) SessionTimeout() time.Duration { return l.cfg.sessionTimeout }
+
+// Token returns the fencing token of the current hold: the transaction id
+// taken, and flushed to WAL, once the lock was granted. Transaction ids
+// only grow, across sessions, processes and server crashes, so each hold's
+// token is larger than every earlier one on this server. A failover to an
+// asynchronous replica can lose the newest ids and hand them out again.
+// Token returns false when l does not hold the lock.
+func (l *Locker) Token() (uint64, bool) {
+	l.mu.Lock()
+	h := l.cur
+	l.mu.Unlock()
+	if h == nil || h.endErr() != nil {
+		return 0, false
+	}
+	return h.token, true
+}
 
 // Lost returns a channel that is closed when l does not hold the lock.
 func (l *Locker) Lost() <-chan struct{} {
