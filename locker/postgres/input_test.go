@@ -228,3 +228,29 @@ func TestRawKeyLocker(t *testing.T) {
 		}
 	})
 }
+
+// TestPooledSessionHoldingTheKeyRefused: advisory locks are re-entrant, so
+// a pooled connection on which other code took the same key would let
+// Acquire succeed at once. Acquire must refuse it instead.
+func TestPooledSessionHoldingTheKeyRefused(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		db := open(t, e.driver, e.srv.URL)
+		db.SetMaxOpenConns(1) // so that the locker gets the tainted connection
+		name := uniqueName(t)
+		conn, err := db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", postgres.Key(name)); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close() // back to the pool, still holding the lock: the bug this guards against
+		l := newLocker(t, db, name)
+		err = l.Acquire(ctx)
+		if err == nil || !strings.Contains(err.Error(), "holds this lock already") {
+			t.Fatalf("Acquire on a session that holds the key = %v, want a refusal", err)
+		}
+		eventually(t, 2*time.Second, "the tainted session is destroyed", func() bool { return len(e.holders(t, l.Key())) == 0 })
+	})
+}
