@@ -1,7 +1,7 @@
 # The Go toolchain: the one on PATH, else the usual install location.
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 
-.PHONY: demo test vet
+.PHONY: demo test vet chaos bench
 
 # demo tells the story: three nodes, a crash, a deploy, measured takeovers.
 # It starts a throwaway PostgreSQL (or uses DATABASE_URL) and removes it.
@@ -15,3 +15,14 @@ test: vet
 
 vet:
 	$(GO) vet ./...
+
+# chaos runs 5 nodes for 10 minutes under random faults (SIGKILL, SIGSTOP,
+# partitions, pg_terminate_backend, server crashes) and checks their records.
+chaos:
+	$(GO) run ./internal/chaos/cmd/chaos -nodes 5 -duration 10m
+
+# bench measures takeovers side by side with a raw lock and etcd (bench/ has
+# its own go.mod); it writes bench/results.json and bench/takeover.png.
+bench:
+	cd bench && $(GO) run ./cmd/takeover -n 20 -n-slow 5 -md RESULTS.tables.md
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./locker/postgres/

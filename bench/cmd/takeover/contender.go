@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os/signal"
+	"syscall"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "github.com/lib/pq"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/onlyone-go/onlyone/locker/postgres"
+	"github.com/onlyone-go/onlyone/supervise"
+)
+
+// A contender is one process of a trial. Its "child" is the work that must
+// run on one contender at a time: it prints "start NANOS" when it begins
+// and "stop NANOS" when it ends, on stdout, which the parent reads.
+
+func say(what string) {
+	fmt.Printf("%s %d\n", what, time.Now().UnixNano())
+}
+
+// contender runs system against endpoint until SIGTERM.
+func contender(system, endpoint, name, id string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var err error
+	switch system {
+	case "onlyone-pgx":
+		err = onlyoneContender(ctx, "pgx", endpoint, name, id)
+	case "onlyone-pq":
+		err = onlyoneContender(ctx, "postgres", endpoint, name, id)
+	case "raw":
+		err = rawContender(ctx, endpoint, name)
+	case "etcd-60s":
+		err = etcdContender(ctx, endpoint, name, id, 60)
+	case "etcd-2s":
+		err = etcdContender(ctx, endpoint, name, id, 2)
+	default:
+		err = fmt.Errorf("unknown system %q", system)
+	}
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	return 0
+}
+
+// onlyoneContender: the library at its defaults, under the supervisor.
+func onlyoneContender(ctx context.Context, driver, url, name, id string) error {
+	db, err := sql.Open(driver, url)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	l, err := postgres.New(db, name, postgres.WithIdentity(id))
+	if err != nil {
+		return err
+	}
+	return supervise.Run(ctx, l, func(ctx context.Context) error {
+		say("start")
+		<-ctx.Done()
+		say("stop")
+		return nil
+	})
+}
+
+// rawContender: a blocking pg_advisory_lock, the physical limit. It has no
+// way to learn that it lost the lock.
+func rawContender(ctx context.Context, url, name string) error {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", postgres.Key(name)); err != nil {
+		return err
+	}
+	say("start")
+	<-ctx.Done()
+	say("stop")
+	return nil
+}
+
+// etcdContender: concurrency.Election with a session of ttl seconds; the
+// child runs until the session ends (its lease is lost) or SIGTERM.
+func etcdContender(ctx context.Context, endpoint, name, id string, ttl int) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	for {
+		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		e := concurrency.NewElection(sess, "/bench/"+name)
+		if err := e.Campaign(ctx, id); err != nil {
+			sess.Close()
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		say("start")
+		select {
+		case <-sess.Done():
+			say("stop")
+			continue
+		case <-ctx.Done():
+			say("stop")
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = e.Resign(rctx)
+			cancel()
+			sess.Close()
+			return nil
+		}
+	}
+}

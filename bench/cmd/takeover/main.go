@@ -1,0 +1,171 @@
+// Command takeover measures, side by side and in one run, how fast each
+// system replaces a leader that is taken down, and whether two leaders'
+// work ever overlaps.
+//
+// Each trial starts three contender processes of one system, waits until
+// one leads and the other two wait, takes the leader down — crash
+// (SIGKILL), graceful (SIGTERM), freeze (SIGSTOP, SIGCONT after the
+// takeover) or partition (its TCP proxy drops all traffic) — and measures
+// the takeover: from the fault to the next contender's work starting. The
+// work reports its own start and stop times; overlap is judged from them.
+// The idle database load of the PostgreSQL systems is measured with
+// pg_stat_statements.
+//
+//	cd bench && go run ./cmd/takeover -n 20 -md RESULTS.md
+//
+// It starts a throwaway PostgreSQL (internal/pglocal) and an embedded etcd,
+// all on loopback, and removes them at the end.
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/onlyone-go/onlyone/internal/pglocal"
+)
+
+const contenderEnv = "BENCH_CONTENDER"
+
+var allSystems = []string{"onlyone-pgx", "onlyone-pq", "raw", "etcd-2s", "etcd-60s"}
+var allFaults = []string{"crash", "graceful", "freeze", "partition"}
+
+func main() {
+	if sys := os.Getenv(contenderEnv); sys != "" {
+		os.Exit(contender(sys, os.Getenv("BENCH_ENDPOINT"), os.Getenv("BENCH_NAME"), os.Getenv("BENCH_ID")))
+	}
+	systems := flag.String("systems", strings.Join(allSystems, ","), "systems to measure")
+	faults := flag.String("faults", strings.Join(allFaults, ","), "faults to inject")
+	n := flag.Int("n", 20, "trials per system and fault")
+	nSlow := flag.Int("n-slow", 5, "trials for the slow ones (freeze, partition, and anything on etcd-60s)")
+	wait := flag.Duration("wait", 100*time.Second, "longest wait for a takeover on etcd-60s (others: 30s, raw: 20s)")
+	jsonOut := flag.String("json", "results.json", "where to write every trial")
+	mdOut := flag.String("md", "", "where to write the Markdown report (default: stdout)")
+	pngOut := flag.String("png", "takeover.png", "where to draw the takeover distributions")
+	idle := flag.Duration("idle", 10*time.Second, "how long to measure idle load")
+	flag.Parse()
+
+	if err := run(split(*systems), split(*faults), *n, *nSlow, *wait, *idle, *jsonOut, *mdOut, *pngOut); err != nil {
+		fmt.Fprintln(os.Stderr, "takeover:", err)
+		os.Exit(1)
+	}
+}
+
+func split(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// env is what the trials run against.
+type env struct {
+	pgURL, pgAddr string
+	etcdAddr      string
+	admin         *sql.DB
+	self          string
+}
+
+func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, jsonOut, mdOut, pngOut string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	srv, err := pglocal.Start()
+	if err != nil {
+		return err
+	}
+	defer srv.Stop()
+	e := &env{pgURL: srv.URL, self: self}
+	e.pgAddr = hostOf(srv.URL)
+	e.admin, err = sql.Open("pgx", srv.URL)
+	if err != nil {
+		return err
+	}
+	defer e.admin.Close()
+	e.admin.SetMaxIdleConns(1)
+	if _, err := e.admin.Exec("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		return err
+	}
+	for _, s := range systems {
+		if strings.HasPrefix(s, "etcd") && e.etcdAddr == "" {
+			addr, stop, err := startEtcd()
+			if err != nil {
+				return err
+			}
+			defer stop()
+			e.etcdAddr = addr
+		}
+	}
+
+	rep := &report{started: time.Now(), systems: systems, faults: faults, machine: machine(e.admin)}
+	for _, sys := range systems {
+		for _, fault := range faults {
+			trials := n
+			if fault == "freeze" || fault == "partition" || sys == "etcd-60s" {
+				trials = nSlow
+			}
+			for i := 0; i < trials; i++ {
+				r := e.trial(context.Background(), sys, fault, i, waitFor(sys, wait))
+				fmt.Fprintf(os.Stderr, "%-12s %-10s #%-3d takeover %-12v overlap %v %s\n", sys, fault, i, r.Takeover, r.Overlap, r.Note)
+				rep.trials = append(rep.trials, r)
+			}
+		}
+		if !strings.HasPrefix(sys, "etcd") {
+			l, err := e.idleLoad(sys, idle)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "%-12s idle: %.2f statements/s and %.1f connections per contender\n", sys, l.StatementsPerSecond, l.Connections)
+			rep.idle = append(rep.idle, l)
+		}
+	}
+	rep.finished = time.Now()
+	if b, err := json.MarshalIndent(rep.trials, "", "  "); err == nil {
+		_ = os.WriteFile(jsonOut, b, 0o644)
+	}
+	if err := rep.plot(pngOut); err != nil {
+		fmt.Fprintln(os.Stderr, "takeover: plot:", err)
+	}
+	md := rep.markdown(strings.Join(os.Args, " "), pngOut)
+	if mdOut == "" {
+		fmt.Print(md)
+		return nil
+	}
+	return os.WriteFile(mdOut, []byte(md), 0o644)
+}
+
+func hostOf(u string) string {
+	i := strings.Index(u, "@")
+	j := strings.Index(u[i+1:], "/")
+	return u[i+1 : i+1+j]
+}
+
+// machine describes where the run happened.
+func machine(db *sql.DB) string {
+	var pg string
+	_ = db.QueryRow("SHOW server_version").Scan(&pg)
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s, %d CPUs, %s/%s, Go %s, PostgreSQL %s (fsync off, loopback)", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), pg)
+}
+
+// waitFor is how long to wait for a takeover in sys: a raw lock has no
+// bound at all, so waiting long for it shows nothing more.
+func waitFor(sys string, wait time.Duration) time.Duration {
+	switch {
+	case sys == "raw":
+		return 20 * time.Second
+	case sys == "etcd-60s":
+		return wait
+	}
+	return 30 * time.Second
+}

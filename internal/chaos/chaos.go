@@ -1,0 +1,314 @@
+// Package chaos runs nodes of a real program that holds one lock, injects
+// faults at random for a while, and checks the nodes' own records of when
+// their work ran: no two nodes' work may overlap except in the windows the
+// locker/postgres package documents (a paused process; a session freed by
+// the server at once: pg_terminate_backend, a server crash), and no
+// leaderless interval may outlast the bound. Everything runs on loopback
+// and stops by itself.
+package chaos
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/onlyone-go/onlyone/internal/faultproxy"
+	"github.com/onlyone-go/onlyone/internal/pglocal"
+	"github.com/onlyone-go/onlyone/locker/postgres"
+)
+
+// Config says how much chaos.
+type Config struct {
+	Nodes    int           // how many nodes; default 5
+	Duration time.Duration // how long to inject faults; default 1 minute
+	Every    time.Duration // mean time between two faults; default 300ms
+	Seed     uint64        // of the random choices; 0: from the clock
+	Self     string        // the binary to run as a node (NodeEnv set); default os.Executable()
+	Log      io.Writer     // progress; default none
+}
+
+// Fault kinds.
+const (
+	Kill      = "kill"      // SIGKILL a node; it is started again
+	Term      = "term"      // SIGTERM a node; it is started again
+	Freeze    = "freeze"    // SIGSTOP a node, SIGCONT after 0.1-4s
+	Partition = "partition" // its proxy drops all traffic for 0.1-4s
+	Terminate = "terminate" // pg_terminate_backend of the holder's session
+	Restart   = "restart"   // crash the server (immediate stop) and start it
+)
+
+// A fault is one injected fault, as the checker needs it.
+type fault struct {
+	Kind     string
+	Node     string // "" for Restart
+	Leader   bool   // whether it hit the node that held the lock
+	At, Till time.Time
+}
+
+type node struct {
+	id     string
+	proxy  *faultproxy.Proxy
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// Run runs the chaos and returns what the checker found.
+func Run(cfg Config) (*Report, error) {
+	if cfg.Nodes <= 0 {
+		cfg.Nodes = 5
+	}
+	if cfg.Duration <= 0 {
+		cfg.Duration = time.Minute
+	}
+	if cfg.Every <= 0 {
+		cfg.Every = 300 * time.Millisecond
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = uint64(time.Now().UnixNano())
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	if cfg.Self == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Self = self
+	}
+	srv, err := pglocal.Start()
+	if err != nil {
+		return nil, err
+	}
+	defer srv.Stop()
+	dir, err := os.MkdirTemp("", "onlyone-chaos-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	admin, err := sql.Open("pgx", srv.URL)
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+
+	c := &controller{cfg: cfg, srv: srv, admin: admin, dir: dir, lock: fmt.Sprintf("chaos-%d", cfg.Seed),
+		rnd: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))}
+	target := strings.SplitN(strings.SplitN(srv.URL, "@", 2)[1], "/", 2)[0]
+	for i := 0; i < cfg.Nodes; i++ {
+		px, err := faultproxy.Start(target)
+		if err != nil {
+			return nil, err
+		}
+		defer px.Close()
+		n := &node{id: fmt.Sprintf("node-%d", i), proxy: px}
+		c.nodes = append(c.nodes, n)
+		if err := c.start(n); err != nil {
+			return nil, err
+		}
+	}
+	fmt.Fprintf(cfg.Log, "chaos: %d nodes, %v of faults every ~%v, seed %d\n", cfg.Nodes, cfg.Duration, cfg.Every, cfg.Seed)
+	c.inject()
+	// Let every fault end and every node settle, then stop them all.
+	c.wg.Wait()
+	for _, n := range c.nodes {
+		c.stop(n, syscall.SIGTERM)
+	}
+	leaked := c.leaked()
+	rep, err := check(c, leaked)
+	if err != nil {
+		return nil, err
+	}
+	rep.Seed = cfg.Seed
+	return rep, nil
+}
+
+type controller struct {
+	cfg   Config
+	srv   *pglocal.Server
+	admin *sql.DB
+	dir   string
+	lock  string
+	nodes []*node
+	rnd   *rand.Rand
+
+	mu     sync.Mutex
+	faults []fault
+	busy   map[string]bool // nodes under a fault that lasts
+	wg     sync.WaitGroup  // faults that last
+}
+
+func (c *controller) record(f fault) {
+	c.mu.Lock()
+	c.faults = append(c.faults, f)
+	c.mu.Unlock()
+}
+
+// start starts n's process.
+func (c *controller) start(n *node) error {
+	url := strings.Replace(c.srv.URL, strings.SplitN(strings.SplitN(c.srv.URL, "@", 2)[1], "/", 2)[0], n.proxy.Addr(), 1)
+	cmd := exec.Command(c.cfg.Self)
+	cmd.Env = append(os.Environ(), NodeEnv+"="+n.id, "CHAOS_URL="+url, "CHAOS_LOCK="+c.lock,
+		"CHAOS_RECORD="+filepath.Join(c.dir, n.id+".rec"), "GORACE=atexit_sleep_ms=0")
+	cmd.Stderr = io.Discard
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	n.mu.Lock()
+	n.cmd, n.exited = cmd, exited
+	n.mu.Unlock()
+	return nil
+}
+
+// stop sends sig to n's process and waits for it to exit.
+func (c *controller) stop(n *node, sig syscall.Signal) {
+	n.mu.Lock()
+	cmd, exited := n.cmd, n.exited
+	n.mu.Unlock()
+	_ = cmd.Process.Signal(syscall.SIGCONT)
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+}
+
+// holder returns the node that holds the lock, or nil.
+func (c *controller) holder() (*node, int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	h, err := postgres.WhoHolds(ctx, c.admin, c.lock)
+	if err != nil || h == nil {
+		return nil, 0
+	}
+	for _, n := range c.nodes {
+		if n.id == h.ApplicationName {
+			return n, h.PID
+		}
+	}
+	return nil, 0
+}
+
+var kinds = []string{Kill, Kill, Term, Freeze, Freeze, Partition, Partition, Terminate, Terminate, Restart}
+
+// inject injects faults until the duration is over.
+func (c *controller) inject() {
+	c.busy = map[string]bool{}
+	end := time.Now().Add(c.cfg.Duration)
+	lastRestart := time.Now()
+	for time.Now().Before(end) {
+		time.Sleep(time.Duration(c.rnd.Int64N(int64(2 * c.cfg.Every))))
+		kind := kinds[c.rnd.IntN(len(kinds))]
+		if kind == Restart {
+			if time.Since(lastRestart) < 20*time.Second {
+				kind = Kill
+			} else {
+				lastRestart = time.Now()
+			}
+		}
+		h, pid := c.holder()
+		target, isLeader := h, h != nil
+		if target == nil || c.rnd.IntN(4) == 0 { // mostly the leader, sometimes anyone
+			target = c.nodes[c.rnd.IntN(len(c.nodes))]
+			isLeader = target == h
+		}
+		c.mu.Lock()
+		busy := c.busy[target.id]
+		c.mu.Unlock()
+		if busy && kind != Restart && kind != Terminate {
+			continue
+		}
+		f := fault{Kind: kind, Node: target.id, Leader: isLeader, At: time.Now()}
+		switch kind {
+		case Kill, Term:
+			sig := syscall.SIGKILL
+			if kind == Term {
+				sig = syscall.SIGTERM
+			}
+			c.stop(target, sig)
+			f.Till = time.Now()
+			c.record(f)
+			_ = c.start(target)
+		case Freeze, Partition:
+			d := 100*time.Millisecond + time.Duration(c.rnd.Int64N(int64(4*time.Second)))
+			c.mu.Lock()
+			c.busy[target.id] = true
+			c.mu.Unlock()
+			n := target
+			n.mu.Lock()
+			proc := n.cmd.Process
+			n.mu.Unlock()
+			if kind == Freeze {
+				_ = proc.Signal(syscall.SIGSTOP)
+			} else {
+				n.proxy.Drop()
+			}
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				time.Sleep(d) // the fault's duration: nothing to wait on
+				if kind == Freeze {
+					_ = proc.Signal(syscall.SIGCONT)
+				} else {
+					n.proxy.Restore()
+				}
+				f.Till = time.Now()
+				c.record(f)
+				c.mu.Lock()
+				delete(c.busy, n.id)
+				c.mu.Unlock()
+			}()
+		case Terminate:
+			if h == nil {
+				continue
+			}
+			f.Node, f.Leader = h.id, true
+			_, _ = c.admin.Exec("SELECT pg_terminate_backend($1)", pid)
+			f.Till = time.Now()
+			c.record(f)
+		case Restart:
+			f.Node = ""
+			if err := c.srv.Restart(true); err != nil {
+				fmt.Fprintln(c.cfg.Log, "chaos: restart:", err)
+			}
+			f.Till = time.Now()
+			c.record(f)
+		}
+	}
+}
+
+// leaked reports whether any session still holds the lock once every node
+// has stopped.
+func (c *controller) leaked() int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		classid, objid := postgres.KeyParts(postgres.Key(c.lock))
+		var n int
+		err := c.admin.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+			AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1`, int64(classid), int64(objid)).Scan(&n)
+		if err == nil && n == 0 || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// sortFaults orders faults by start.
+func sortFaults(fs []fault) {
+	sort.Slice(fs, func(i, j int) bool { return fs[i].At.Before(fs[j].At) })
+}

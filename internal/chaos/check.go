@@ -1,0 +1,279 @@
+package chaos
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// run is one stretch of a node's work, from its record.
+type run struct {
+	node       string
+	start, end time.Time // end: the "stop", else the last beat
+	token      uint64
+	stopped    bool // ended with a "stop" record
+}
+
+// Report is what the checker found.
+type Report struct {
+	Seed            uint64
+	Faults          map[string]int             // injected, per kind
+	LeaderFaults    map[string]int             // of which hit the holder
+	Takeovers       int                        // runs started
+	Latency         map[string][]time.Duration // fault on the holder → next run started elsewhere, per kind
+	Overlaps        []string                   // unexplained: the invariant is broken
+	Windows         map[string]int             // overlaps explained by a documented window, per cause
+	WorstWindow     time.Duration
+	LongGaps        []string // leaderless intervals beyond the bound
+	LongestGap      time.Duration
+	TokenInversions int // runs whose token is not above the previous run's
+	Leaked          int // sessions holding the lock after all nodes stopped
+	Records         int // record lines read
+	BadLines        int // record lines that did not parse
+}
+
+// gapBound is the longest leaderless interval the settings allow: a frozen
+// or partitioned holder keeps the lock for SessionTimeout; a restarted
+// server takes a moment more to accept the nodes again.
+const gapBound = 2200*time.Millisecond + 2*time.Second
+
+func check(c *controller, leaked int) (*Report, error) {
+	r := &Report{Faults: map[string]int{}, LeaderFaults: map[string]int{}, Latency: map[string][]time.Duration{},
+		Windows: map[string]int{}, Leaked: leaked}
+	var runs []run
+	for _, n := range c.nodes {
+		rs, lines, bad, err := readRecord(filepath.Join(c.dir, n.id+".rec"), n.id)
+		if err != nil {
+			return nil, err
+		}
+		runs = append(runs, rs...)
+		r.Records += lines
+		r.BadLines += bad
+	}
+	sort.Slice(runs, func(i, j int) bool { return runs[i].start.Before(runs[j].start) })
+	r.Takeovers = len(runs)
+	faults := append([]fault(nil), c.faults...)
+	sortFaults(faults)
+	for _, f := range faults {
+		r.Faults[f.Kind]++
+		if f.Leader {
+			r.LeaderFaults[f.Kind]++
+		}
+	}
+
+	// Overlaps, each either explained by a documented window or not.
+	for i := range runs {
+		for j := i + 1; j < len(runs); j++ {
+			a, b := runs[i], runs[j] // a started first
+			if !b.start.Before(a.end) {
+				continue
+			}
+			if a.node == b.node {
+				r.Overlaps = append(r.Overlaps, fmt.Sprintf("%s ran twice at once: %v", a.node, a.start))
+				continue
+			}
+			d := minTime(a.end, b.end).Sub(b.start)
+			cause := explain(a, b, faults)
+			if cause == "" {
+				r.Overlaps = append(r.Overlaps, fmt.Sprintf("%s (run from %s) still ran %v after %s started at %s",
+					a.node, a.start.Format("15:04:05.000"), d, b.node, b.start.Format("15:04:05.000")))
+				continue
+			}
+			r.Windows[cause]++
+			if d > r.WorstWindow {
+				r.WorstWindow = d
+			}
+		}
+	}
+
+	// Leaderless intervals.
+	var covered time.Time
+	for _, x := range runs {
+		if !covered.IsZero() && x.start.After(covered) {
+			gap := x.start.Sub(covered)
+			if gap > r.LongestGap {
+				r.LongestGap = gap
+			}
+			if gap > gapBound {
+				r.LongGaps = append(r.LongGaps, fmt.Sprintf("%v without a leader from %s", gap.Round(time.Millisecond), covered.Format("15:04:05.000")))
+			}
+		}
+		if x.end.After(covered) {
+			covered = x.end
+		}
+	}
+
+	// Fencing tokens grow with every run.
+	for i := 1; i < len(runs); i++ {
+		if runs[i].token <= runs[i-1].token {
+			r.TokenInversions++
+		}
+	}
+
+	// Takeover latency: from a fault on the holder to the next run started
+	// on another node.
+	for _, f := range faults {
+		if !f.Leader || f.Node == "" {
+			continue
+		}
+		for _, x := range runs {
+			if x.node != f.Node && x.start.After(f.At) {
+				r.Latency[f.Kind] = append(r.Latency[f.Kind], x.start.Sub(f.At))
+				break
+			}
+		}
+	}
+	for _, f := range faults {
+		if f.Kind == Restart {
+			for _, x := range runs {
+				if x.start.After(f.Till) {
+					r.Latency[Restart] = append(r.Latency[Restart], x.start.Sub(f.At))
+					break
+				}
+			}
+		}
+	}
+	return r, nil
+}
+
+// explain names the documented window that lets a's work overlap b's, or
+// returns "". Each window has a precise shape:
+//
+//   - paused process: b started while a was frozen (the server ended a's
+//     silent session), and a's work stopped soon after a resumed;
+//   - pg_terminate_backend, server crash: the server freed a's lock at
+//     once, b started after that, and a's work stopped soon after, when a
+//     heartbeat failed.
+//
+// "Soon" is a heartbeat, the loss timeout and a margin for scheduling.
+func explain(a, b run, faults []fault) string {
+	notice := heartbeat + lossTimeout + 300*time.Millisecond
+	for _, f := range faults {
+		switch f.Kind {
+		case Freeze:
+			if f.Node == a.node && !b.start.Before(f.At) && b.start.Before(f.Till) && a.end.Before(f.Till.Add(notice)) {
+				return "paused process"
+			}
+		case Terminate:
+			if f.Node == a.node && !b.start.Before(f.At) && a.end.Before(f.Till.Add(notice)) {
+				return "pg_terminate_backend"
+			}
+		case Restart:
+			if a.start.Before(f.At) && !b.start.Before(f.At) && a.end.Before(f.Till.Add(notice)) {
+				return "server crash"
+			}
+		}
+	}
+	return ""
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// readRecord parses a node's record file into runs.
+func readRecord(path, node string) (runs []run, lines, bad int, err error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil, 0, 0, nil
+	}
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	defer f.Close()
+	var cur *run
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines++
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			bad++
+			continue
+		}
+		ns, perr := strconv.ParseInt(fields[1], 10, 64)
+		if perr != nil {
+			bad++
+			continue
+		}
+		at := time.Unix(0, ns)
+		switch fields[0] {
+		case "start":
+			if cur != nil {
+				runs = append(runs, *cur) // its process was killed
+			}
+			var tok uint64
+			if len(fields) > 2 {
+				tok, _ = strconv.ParseUint(fields[2], 10, 64)
+			}
+			cur = &run{node: node, start: at, end: at, token: tok}
+		case "beat":
+			if cur != nil && at.After(cur.end) {
+				cur.end = at
+			}
+		case "stop":
+			if cur != nil {
+				cur.end, cur.stopped = at, true
+				runs = append(runs, *cur)
+				cur = nil
+			}
+		default:
+			bad++
+		}
+	}
+	if cur != nil {
+		runs = append(runs, *cur)
+	}
+	return runs, lines, bad, sc.Err()
+}
+
+// String prints the report.
+func (r *Report) String() string {
+	var b strings.Builder
+	total, onLeader := 0, 0
+	kinds := []string{Kill, Term, Freeze, Partition, Terminate, Restart}
+	for _, k := range kinds {
+		total += r.Faults[k]
+		onLeader += r.LeaderFaults[k]
+	}
+	fmt.Fprintf(&b, "faults injected: %d (%d on the holder)\n", total, onLeader)
+	for _, k := range kinds {
+		ls := r.Latency[k]
+		fmt.Fprintf(&b, "  %-10s %4d (%3d on the holder)  takeover %s\n", k, r.Faults[k], r.LeaderFaults[k], quantiles(ls))
+	}
+	fmt.Fprintf(&b, "runs of the work (takeovers): %d; record lines: %d, unreadable: %d\n", r.Takeovers, r.Records, r.BadLines)
+	fmt.Fprintf(&b, "overlaps in documented windows: %v (worst %v)\n", r.Windows, r.WorstWindow.Round(time.Millisecond))
+	fmt.Fprintf(&b, "overlaps outside them: %d\n", len(r.Overlaps))
+	for _, o := range r.Overlaps {
+		fmt.Fprintf(&b, "  %s\n", o)
+	}
+	fmt.Fprintf(&b, "longest leaderless interval: %v; beyond the bound (%v): %d\n", r.LongestGap.Round(time.Millisecond), gapBound, len(r.LongGaps))
+	for _, g := range r.LongGaps {
+		fmt.Fprintf(&b, "  %s\n", g)
+	}
+	fmt.Fprintf(&b, "fencing token inversions: %d\n", r.TokenInversions)
+	fmt.Fprintf(&b, "locks leaked after every node stopped: %d\n", r.Leaked)
+	return b.String()
+}
+
+// OK reports whether the run found nothing the invariant rules out.
+func (r *Report) OK() bool {
+	return len(r.Overlaps) == 0 && r.Leaked == 0 && r.BadLines == 0 && r.TokenInversions == 0
+}
+
+func quantiles(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	q := func(p float64) time.Duration { return s[int(p*float64(len(s)-1))].Round(100 * time.Microsecond) }
+	return fmt.Sprintf("p50 %v p90 %v max %v (n=%d)", q(0.5), q(0.9), s[len(s)-1].Round(100*time.Microsecond), len(s))
+}
