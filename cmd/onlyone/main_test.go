@@ -295,7 +295,7 @@ func TestStatus(t *testing.T) {
 	srv := pglocal.Shared(t)
 	dir, name := t.TempDir(), uniqueName(t)
 	st := start(t, srv.URL, nil, "status", "--name", name)
-	if code := st.wait(t); code != 0 || !strings.Contains(st.stdout.String(), name+": free") {
+	if code := st.wait(t); code != 0 || !strings.Contains(st.stdout.String(), name+": free, 0 waiting") {
 		t.Fatalf("status of a free lock: exit %d, %q %q", code, st.stdout.String(), st.stderr.String())
 	}
 	w := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", name, "--identity", "node-b", "--", "sh", "-c", `touch "$D/started"; exec sleep 60`)

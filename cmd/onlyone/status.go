@@ -42,15 +42,19 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer db.Close()
 	h, err := postgres.WhoHolds(ctx, db, *name)
+	var waiting int
+	if err == nil {
+		waiting, err = postgres.Waiting(ctx, db, *name)
+	}
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "onlyone: %s\n", red.Err(err))
 		return exitError
 	case h == nil:
-		fmt.Fprintf(stdout, "%s: free (key %d)\n", *name, postgres.Key(*name))
+		fmt.Fprintf(stdout, "%s: free, %d waiting (key %d)\n", *name, waiting, postgres.Key(*name))
 	default:
-		fmt.Fprintf(stdout, "%s: held by %s (backend pid %d, client %s, session since %s) (key %d)\n",
-			*name, h.ApplicationName, h.PID, h.ClientAddr, h.SessionStart.Format(time.RFC3339), postgres.Key(*name))
+		fmt.Fprintf(stdout, "%s: held by %s (backend pid %d, client %s, session since %s), %d waiting (key %d)\n",
+			*name, h.ApplicationName, h.PID, h.ClientAddr, h.SessionStart.Format(time.RFC3339), waiting, postgres.Key(*name))
 	}
 	return 0
 }

@@ -219,12 +219,9 @@ func story(out io.Writer, url string) error {
 // waitForWaiters waits until n sessions wait for the demo's lock, so that
 // the takeover measured is the server's hand-over, not a node connecting.
 func waitForWaiters(db *sql.DB, n int) error {
-	classid, objid := postgres.KeyParts(postgres.Key(lockName))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		var waiting int
-		err := db.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-			AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 AND NOT granted`, int64(classid), int64(objid)).Scan(&waiting)
+		waiting, err := postgres.Waiting(context.Background(), db, lockName)
 		if err == nil && waiting >= n {
 			return nil
 		}

@@ -15,7 +15,7 @@ func TestMain(m *testing.M) {
 	if id := os.Getenv(chaos.NodeEnv); id != "" {
 		os.Exit(chaos.Node(id, os.Getenv("CHAOS_URL"), os.Getenv("CHAOS_LOCK"), os.Getenv("CHAOS_RECORD")))
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(pglocal.Main(m))
 }
 
 // TestChaos is a short version of make chaos: every kind of fault, and the

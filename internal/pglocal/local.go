@@ -123,13 +123,18 @@ func startLocal() (*Server, error) {
 			return nil, err
 		}
 	}
+	return ls.server(), nil
+}
+
+// server registers ls for removal on a signal and returns its Server.
+func (ls *localServer) server() *Server {
 	stopOnSignal(ls)
 	return &Server{
 		URL:   fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", ls.port),
 		Kind:  "local",
 		stop:  ls.destroy,
 		local: ls,
-	}, nil
+	}
 }
 
 // run runs a PostgreSQL program as the server's user.
@@ -306,13 +311,7 @@ func (s *Server) StartStandby() (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	stopOnSignal(sb)
-	return &Server{
-		URL:   fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", sb.port),
-		Kind:  "local",
-		stop:  sb.destroy,
-		local: sb,
-	}, nil
+	return sb.server(), nil
 }
 
 var interrupts struct {

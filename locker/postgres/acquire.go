@@ -28,6 +28,7 @@ const heldByMe = `EXISTS (SELECT 1 FROM pg_locks
 // catalog caches for the verification, which on a new backend otherwise
 // costs half a millisecond after the grant, on the takeover path.
 const setupSQL = `SELECT pg_backend_pid(),
+	(SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()),
 	current_setting('server_version_num')::int,
 	pg_is_in_recovery(),
 	` + heldByMe + `,
@@ -58,29 +59,64 @@ func (l *Locker) acquire(ctx context.Context) (*hold, error) {
 	if err != nil {
 		return nil, l.ctxErrorf(ctx, "acquire: connecting: %w", err)
 	}
-	h, err := l.lockOn(ctx, conn)
+	var b backend
+	h, err := l.lockOn(ctx, conn, &b)
 	if err != nil {
 		destroy(conn)
+		if b.pid != 0 && ctx.Err() != nil {
+			l.reap(b)
+		}
 		return nil, err
 	}
 	return h, nil
 }
 
+// A backend identifies a server process: pids are reused, pid and start
+// time are not.
+type backend struct {
+	pid   int
+	start string
+}
+
+// reapTimeout bounds reap.
+const reapTimeout = time.Second
+
+// reap ends the backend of a wait that was abandoned. Closing the
+// connection is not enough: a backend blocked in a lock wait does not read
+// its socket, so it would wait on, be granted the lock when it is freed,
+// and hold it — for nobody — until it tried to answer. (lib/pq sends a
+// cancel request when a context ends; pgx by default only sets a socket
+// deadline.) The pid is matched with the backend's start time, so that a
+// reused pid never ends an unrelated session.
+func (l *Locker) reap(b backend) {
+	ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
+	defer cancel()
+	_, err := l.db.ExecContext(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE pid = $1 AND backend_start::text = $2`, b.pid, b.start)
+	if err != nil {
+		l.cfg.logger.Warn("could not end the backend of an abandoned wait; it ends when its wait chunk does",
+			"lock", l.label, "pid", b.pid, "err", err)
+	}
+}
+
 // lockOn sets up the session on conn, waits for the lock in chunks and
-// verifies it. The caller destroys conn when it returns an error.
-func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn) (*hold, error) {
+// verifies it. The caller destroys conn when it returns an error. It
+// stores the session's backend in b once it knows it.
+func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold, error) {
 	classid, objid := KeyParts(l.key)
 	var (
 		pid, version   int
+		started        string
 		recovery, mine bool
 		s1, s2, s3, s4 string
 		s5             sql.NullString
 	)
 	err := conn.QueryRowContext(ctx, setupSQL, int64(classid), int64(objid), l.cfg.identity, ms(l.cfg.waitChunk), ms(l.cfg.sessionTimeout)).
-		Scan(&pid, &version, &recovery, &mine, &s1, &s2, &s3, &s4, &s5)
+		Scan(&pid, &started, &version, &recovery, &mine, &s1, &s2, &s3, &s4, &s5)
 	if err != nil {
 		return nil, l.ctxErrorf(ctx, "acquire: setting up the session: %w", err)
 	}
+	*b = backend{pid: pid, start: started}
 	if recovery {
 		return nil, l.errorf("acquire: %w (pg_is_in_recovery() is true): a lock taken there would not exclude holders on the primary", locker.ErrStandby)
 	}

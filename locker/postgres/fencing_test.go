@@ -15,7 +15,6 @@ import (
 
 	"github.com/onlyone-go/onlyone/fence"
 	"github.com/onlyone-go/onlyone/internal/pglocal"
-	"github.com/onlyone-go/onlyone/locker/postgres"
 )
 
 // TestTokensSurviveCrashRestart takes a token, crashes the server
@@ -176,12 +175,8 @@ func ledgerWrite(ctx context.Context, db *sql.DB, resource, writer string, token
 // and on "write" from stdin makes the guarded write with that token —
 // without looking at Lost, as a process resumed mid-work would.
 func fenceHelper(ctx context.Context, db *sql.DB, name string) int {
-	l, err := postgres.New(db, name, fast...)
-	if err == nil {
-		err = l.Acquire(ctx)
-	}
-	if err != nil {
-		fmt.Println("error", err)
+	l, ok := helperAcquire(ctx, db, name, fast...)
+	if !ok {
 		return 1
 	}
 	tok, _ := l.Token()
@@ -190,7 +185,7 @@ func fenceHelper(ctx context.Context, db *sql.DB, name string) int {
 	if _, err := io.ReadFull(os.Stdin, buf); err != nil {
 		return 1
 	}
-	err = ledgerWrite(ctx, db, name, "old", tok)
+	err := ledgerWrite(ctx, db, name, "old", tok)
 	switch {
 	case errors.Is(err, fence.ErrStale):
 		fmt.Println("rejected")

@@ -46,12 +46,8 @@ func helperMain(mode string) int {
 		fmt.Println("held")
 		select {}
 	case "token":
-		l, err := postgres.New(db, name)
-		if err == nil {
-			err = l.Acquire(ctx)
-		}
-		if err != nil {
-			fmt.Println("error", err)
+		l, ok := helperAcquire(ctx, db, name)
+		if !ok {
 			return 1
 		}
 		tok, _ := l.Token()
@@ -61,12 +57,8 @@ func helperMain(mode string) int {
 	case "fence":
 		return fenceHelper(ctx, db, name)
 	case "hold":
-		l, err := postgres.New(db, name, fast...)
-		if err == nil {
-			err = l.Acquire(ctx)
-		}
-		if err != nil {
-			fmt.Println("error", err)
+		l, ok := helperAcquire(ctx, db, name, fast...)
+		if !ok {
 			return 1
 		}
 		fmt.Println("held")
@@ -76,6 +68,19 @@ func helperMain(mode string) int {
 		return 0
 	}
 	return 2
+}
+
+// helperAcquire takes the lock in a helper process, or says why not.
+func helperAcquire(ctx context.Context, db *sql.DB, name string, opts ...postgres.Option) (*postgres.Locker, bool) {
+	l, err := postgres.New(db, name, opts...)
+	if err == nil {
+		err = l.Acquire(ctx)
+	}
+	if err != nil {
+		fmt.Println("error", err)
+		return nil, false
+	}
+	return l, true
 }
 
 // helper is a running holder process.

@@ -35,6 +35,35 @@ func WhoHolds(ctx context.Context, db *sql.DB, name string) (*Holder, error) {
 	return WhoHoldsKey(ctx, db, Key(name))
 }
 
+const waitingSQL = `SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory'
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1
+  AND NOT granted`
+
+// Waiting reports how many sessions are waiting for the lock called name
+// in db's database right now. A contender between two wait statements
+// (see WithWaitChunk) is not counted for that moment.
+func Waiting(ctx context.Context, db *sql.DB, name string) (int, error) {
+	if name == "" {
+		return 0, configError("empty lock name")
+	}
+	return WaitingKey(ctx, db, Key(name))
+}
+
+// WaitingKey is Waiting for a raw key.
+func WaitingKey(ctx context.Context, db *sql.DB, key int64) (int, error) {
+	if db == nil {
+		return 0, configError("nil *sql.DB")
+	}
+	classid, objid := KeyParts(key)
+	var n int
+	if err := db.QueryRowContext(ctx, waitingSQL, int64(classid), int64(objid)).Scan(&n); err != nil {
+		return 0, fmt.Errorf("postgres: who waits for key %d: %w", key, err)
+	}
+	return n, nil
+}
+
 // WhoHoldsKey is WhoHolds for a raw key.
 func WhoHoldsKey(ctx context.Context, db *sql.DB, key int64) (*Holder, error) {
 	if db == nil {

@@ -197,9 +197,26 @@ func TestWhoHolds(t *testing.T) {
 		if h.SessionStart.After(time.Now()) || h.SessionStart.Before(before.Add(-time.Minute)) {
 			t.Fatalf("SessionStart %v is not around %v", h.SessionStart, before)
 		}
+		if n, err := postgres.Waiting(ctx, e.db, name); n != 0 || err != nil {
+			t.Fatalf("Waiting with nobody waiting = %d, %v", n, err)
+		}
+		waiter := e.locker(t, name)
+		wctx, cancel := context.WithCancel(ctx)
+		res := make(chan error, 1)
+		go func() { res <- waiter.Acquire(wctx) }()
+		eventually(t, 5*time.Second, "Waiting counts the waiter", func() bool {
+			n, err := postgres.Waiting(ctx, e.db, name)
+			return err == nil && n == 1
+		})
+		cancel()
+		if err := <-res; !errors.Is(err, context.Canceled) {
+			t.Fatal(err)
+		}
 		if err := l.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
+		// The cancelled waiter's backend was ended, not left waiting: it
+		// must not be granted the lock now that it is free.
 		if h, err := postgres.WhoHolds(ctx, e.db, name); h != nil || err != nil {
 			t.Fatalf("WhoHolds after Release = %+v, %v", h, err)
 		}

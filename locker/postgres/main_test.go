@@ -119,10 +119,7 @@ func (e *env) holders(t *testing.T, key int64) []int {
 // waiting reports whether some session waits for key.
 func (e *env) waiting(t *testing.T, key int64) bool {
 	t.Helper()
-	classid, objid := postgres.KeyParts(key)
-	var n int
-	err := e.admin.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-		AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 AND NOT granted`, int64(classid), int64(objid)).Scan(&n)
+	n, err := postgres.WaitingKey(context.Background(), e.admin, key)
 	if err != nil {
 		t.Fatal(err)
 	}

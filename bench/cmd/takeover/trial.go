@@ -237,11 +237,7 @@ func (e *env) waiting(ctx context.Context, sys, name string) (int, error) {
 		}
 		return int(resp.Count) - 1, nil // the leader's key is there too
 	}
-	classid, objid := postgres.KeyParts(postgres.Key(name))
-	var c int
-	err := e.admin.QueryRowContext(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-		AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 AND NOT granted`, int64(classid), int64(objid)).Scan(&c)
-	return c, err
+	return postgres.Waiting(ctx, e.admin, name)
 }
 
 // idleLoad is the database's load from three idle contenders of sys.
