@@ -16,7 +16,8 @@ type run struct {
 	node       string
 	start, end time.Time // end: the "stop", else the last beat
 	token      uint64
-	stopped    bool // ended with a "stop" record
+	stopped    bool   // ended with a "stop" record
+	lost       string // why the lock was lost, if it was
 }
 
 // Report is what the checker found.
@@ -80,8 +81,8 @@ func check(c *controller, leaked int) (*Report, error) {
 			d := minTime(a.end, b.end).Sub(b.start)
 			cause := explain(a, b, faults)
 			if cause == "" {
-				r.Overlaps = append(r.Overlaps, fmt.Sprintf("%s (run from %s) still ran %v after %s started at %s",
-					a.node, a.start.Format("15:04:05.000"), d, b.node, b.start.Format("15:04:05.000")))
+				r.Overlaps = append(r.Overlaps, fmt.Sprintf("%s (run from %s to %s, lost: %q) still ran %v after %s started at %s\n%s",
+					a.node, stamp(a.start), stamp(a.end), a.lost, d, b.node, stamp(b.start), around(faults, a.start.Add(-5*time.Second), a.end)))
 				continue
 			}
 			r.Windows[cause]++
@@ -100,7 +101,8 @@ func check(c *controller, leaked int) (*Report, error) {
 				r.LongestGap = gap
 			}
 			if gap > gapBound {
-				r.LongGaps = append(r.LongGaps, fmt.Sprintf("%v without a leader from %s", gap.Round(time.Millisecond), covered.Format("15:04:05.000")))
+				r.LongGaps = append(r.LongGaps, fmt.Sprintf("%v without a leader from %s\n%s",
+					gap.Round(time.Millisecond), stamp(covered), around(faults, covered.Add(-5*time.Second), x.start)))
 			}
 		}
 		if x.end.After(covered) {
@@ -172,6 +174,24 @@ func explain(a, b run, faults []fault) string {
 	return ""
 }
 
+func stamp(t time.Time) string { return t.Format("15:04:05.000") }
+
+// around lists the faults that were under way between from and to.
+func around(faults []fault, from, to time.Time) string {
+	var b strings.Builder
+	for _, f := range faults {
+		if f.Till.Before(from) || f.At.After(to) {
+			continue
+		}
+		node := f.Node
+		if node == "" {
+			node = "server"
+		}
+		fmt.Fprintf(&b, "      %s %-9s %-7s until %s (holder: %v)\n", stamp(f.At), f.Kind, node, stamp(f.Till), f.Leader)
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
 func minTime(a, b time.Time) time.Time {
 	if a.Before(b) {
 		return a
@@ -217,6 +237,10 @@ func readRecord(path, node string) (runs []run, lines, bad int, err error) {
 		case "beat":
 			if cur != nil && at.After(cur.end) {
 				cur.end = at
+			}
+		case "lost":
+			if cur != nil {
+				cur.lost = strings.Join(fields[2:], " ")
 			}
 		case "stop":
 			if cur != nil {

@@ -33,8 +33,8 @@ const beatEvery = 10 * time.Millisecond
 
 // Node runs one node: it holds the lock when it can, and while it does its
 // child appends to the record file, with plain writes that survive the
-// process being killed: "start NANOS TOKEN", "beat NANOS" every 10ms, and
-// "stop NANOS" when it stops.
+// process being killed: "start NANOS TOKEN", "beat NANOS" every 10ms,
+// "lost NANOS REASON" when the lock is lost, and "stop NANOS" when it stops.
 func Node(id, url, lockName, recordPath string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -59,6 +59,11 @@ func Node(id, url, lockName, recordPath string) int {
 		return 1
 	}
 	s := &supervise.Supervisor{MaxRestarts: 1 << 30, MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	s.OnEvent = func(e supervise.Event) {
+		if e.Kind == supervise.EventLost { // why the work is told to stop: evidence for the checker
+			fmt.Fprintf(rec, "lost %d %v\n", e.Time.UnixNano(), e.Err)
+		}
+	}
 	err = s.Run(ctx, l, func(ctx context.Context) error {
 		tok, _ := supervise.Token(ctx)
 		fmt.Fprintf(rec, "start %d %d\n", time.Now().UnixNano(), tok)

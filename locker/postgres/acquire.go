@@ -39,18 +39,24 @@ const setupSQL = `SELECT pg_backend_pid(),
 	CASE WHEN current_setting('server_version_num')::int >= 140000
 		THEN set_config('idle_session_timeout', $5, false) END`
 
-// lockSQL waits for the lock, for at most lock_timeout.
-const lockSQL = `SELECT pg_advisory_lock($1)`
-
-// verifySQL checks, on the same session, that the server shows the lock
-// granted to it and that it is still a primary, and takes the hold's
-// fencing token: a transaction id, assigned now that the lock is held, and
-// forced to WAL by a transactional logical message, whose commit is
-// flushed. Without the flush a crash can forget the id and hand it out
-// again; with it, the next token after a restart is larger.
-const verifySQL = `SELECT pg_backend_pid(), pg_is_in_recovery(), ` + heldByMe + `,
+// lockSQL waits for the lock $3 for at most lock_timeout and, once it is
+// granted, answers from the server's own state, in the same statement:
+// the subquery (fenced by OFFSET 0) takes the lock; only then is the outer
+// list evaluated. It reports the backend, whether it is a primary, whether
+// pg_locks shows the lock granted to it (never trust a driver's answer
+// about the lock: trust the server's), and the hold's fencing token — a
+// transaction id, assigned now that the lock is held, and forced to WAL
+// by a transactional logical message whose commit is flushed (without the
+// flush a crash can forget the id and hand it out again) — and how long
+// the statement waited, by the server's clock.
+//
+// One statement instead of a lock and then a verification saves a round
+// trip after the grant, where takeover latency is counted.
+const lockSQL = `SELECT g.pid, pg_is_in_recovery(), ` + heldByMe + `,
 	txid_current(),
-	pg_logical_emit_message(true, 'onlyone', $3)::text`
+	pg_logical_emit_message(true, 'onlyone', $4)::text,
+	(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000000)::bigint
+FROM (SELECT pg_advisory_lock($3), pg_backend_pid() AS pid OFFSET 0) g`
 
 // acquire pins a connection and takes the lock on it. On any failure it
 // destroys the connection, so that no lock survives an error it reported.
@@ -63,7 +69,7 @@ func (l *Locker) acquire(ctx context.Context) (*hold, error) {
 	h, err := l.lockOn(ctx, conn, &b)
 	if err != nil {
 		destroy(conn)
-		if b.pid != 0 && ctx.Err() != nil {
+		if b.pid != 0 && (ctx.Err() != nil || b.abandoned) {
 			l.reap(b)
 		}
 		return nil, err
@@ -74,8 +80,9 @@ func (l *Locker) acquire(ctx context.Context) (*hold, error) {
 // A backend identifies a server process: pids are reused, pid and start
 // time are not.
 type backend struct {
-	pid   int
-	start string
+	pid       int
+	start     string
+	abandoned bool // its wait for the lock was given up, not refused
 }
 
 // reapTimeout bounds reap.
@@ -111,25 +118,28 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 		s1, s2, s3, s4 string
 		s5             sql.NullString
 	)
-	err := conn.QueryRowContext(ctx, setupSQL, int64(classid), int64(objid), l.cfg.identity, ms(l.cfg.waitChunk), ms(l.cfg.sessionTimeout)).
+	// Every statement gets a deadline as well as the server's timeouts: on
+	// a silent network a statement would otherwise wait for TCP to give up
+	// (minutes), while the server ends the session after SessionTimeout.
+	sctx, cancel := context.WithTimeout(ctx, l.cfg.sessionTimeout)
+	defer cancel()
+	err := conn.QueryRowContext(sctx, setupSQL, int64(classid), int64(objid), l.cfg.identity, ms(l.cfg.waitChunk), ms(l.cfg.sessionTimeout)).
 		Scan(&pid, &started, &version, &recovery, &mine, &s1, &s2, &s3, &s4, &s5)
 	if err != nil {
 		return nil, l.ctxErrorf(ctx, "acquire: setting up the session: %w", err)
 	}
-	*b = backend{pid: pid, start: started}
+	b.pid, b.start = pid, started
 	if recovery {
 		return nil, l.errorf("acquire: %w (pg_is_in_recovery() is true): a lock taken there would not exclude holders on the primary", locker.ErrStandby)
 	}
 	if mine {
 		return nil, l.errorf("acquire: the pooled session (backend %d) holds this lock already: other code took it on a connection of the same pool", pid)
 	}
-	// Prepare the verification now, so that after the grant it costs one
-	// round trip, not two: takeover latency is measured from here.
-	verify, err := conn.PrepareContext(ctx, verifySQL)
+	lock, err := conn.PrepareContext(sctx, lockSQL)
 	if err != nil {
-		return nil, l.ctxErrorf(ctx, "acquire: preparing the verification: %w", err)
+		return nil, l.ctxErrorf(ctx, "acquire: preparing the lock statement: %w", err)
 	}
-	defer verify.Close()
+	defer lock.Close()
 	if version < 140000 {
 		l.cfg.logger.Warn("PostgreSQL older than 14 has no idle_session_timeout: a frozen or partitioned holder keeps the lock until its TCP connection dies",
 			"lock", l.label, "server_version_num", version)
@@ -137,8 +147,19 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 
 	// Wait in chunks: a statement waiting for a lock holds a snapshot,
 	// which holds back VACUUM everywhere; lock_timeout ends each chunk.
+	var (
+		sent          time.Time
+		vpid          int
+		standby, held bool
+		token, waited int64
+		lsn           string
+	)
 	for {
-		_, err = conn.ExecContext(ctx, lockSQL, l.key)
+		wctx, wcancel := context.WithTimeout(ctx, l.cfg.waitChunk+l.cfg.sessionTimeout)
+		sent = time.Now()
+		err = lock.QueryRowContext(wctx, int64(classid), int64(objid), l.key, "fencing token for lock "+l.label).
+			Scan(&vpid, &standby, &held, &token, &lsn, &waited)
+		wcancel()
 		if ctx.Err() != nil {
 			// Whatever the driver said, the lock may or may not be held
 			// (a cancelled statement can report success without the lock
@@ -149,25 +170,11 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 			break
 		}
 		if !isLockTimeout(err) {
+			b.abandoned = true
 			return nil, l.errorf("acquire: waiting for the lock: %w", err)
 		}
 	}
-
-	// Never trust one call's answer about the lock: ask the server.
-	sent := time.Now()
-	var (
-		vpid          int
-		standby, held bool
-		token         int64
-		lsn           string
-	)
-	err = verify.QueryRowContext(ctx, int64(classid), int64(objid), "fencing token for lock "+l.label).
-		Scan(&vpid, &standby, &held, &token, &lsn)
 	switch {
-	case ctx.Err() != nil:
-		return nil, l.errorf("acquire: %w", ctx.Err())
-	case err != nil:
-		return nil, l.errorf("acquire: verifying the lock: %w", err)
 	case vpid != pid:
 		return nil, l.errorf("acquire: %w (pid %d, then %d)", ErrBackendChanged, pid, vpid)
 	case standby:
@@ -175,7 +182,11 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	case !held:
 		return nil, l.errorf("acquire: the server reported the lock taken but pg_locks does not show it held by backend %d", pid)
 	}
-	return newHold(l, conn, pid, uint64(token), sent), nil
+	// The loss deadline counts from a moment no later than the grant: the
+	// send time plus the wait the server measured. (The statement started
+	// on the server after it was sent; the grant came after that wait.)
+	granted := sent.Add(time.Duration(waited) * time.Microsecond)
+	return newHold(l, conn, pid, uint64(token), granted), nil
 }
 
 // ctxErrorf is errorf, except that when ctx is done the error matches

@@ -35,6 +35,8 @@ func contender(system, endpoint, name, id string) int {
 		err = onlyoneContender(ctx, "pgx", endpoint, name, id)
 	case "onlyone-pq":
 		err = onlyoneContender(ctx, "postgres", endpoint, name, id)
+	case "onlyone-bare":
+		err = bareContender(ctx, endpoint, name, id)
 	case "raw":
 		err = rawContender(ctx, endpoint, name)
 	case "etcd-60s":
@@ -130,4 +132,25 @@ func etcdContender(ctx context.Context, endpoint, name, id string, ttl int) erro
 			return nil
 		}
 	}
+}
+
+// bareContender: the library without the supervisor, to tell their costs
+// apart.
+func bareContender(ctx context.Context, url, name, id string) error {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	l, err := postgres.New(db, name, postgres.WithIdentity(id))
+	if err != nil {
+		return err
+	}
+	if err := l.Acquire(ctx); err != nil {
+		return err
+	}
+	say("start")
+	<-ctx.Done()
+	say("stop")
+	return l.Release(context.Background())
 }

@@ -49,9 +49,10 @@ func main() {
 	mdOut := flag.String("md", "", "where to write the Markdown report (default: stdout)")
 	pngOut := flag.String("png", "takeover.png", "where to draw the takeover distributions")
 	idle := flag.Duration("idle", 10*time.Second, "how long to measure idle load")
+	proxyAll := flag.Bool("proxy-all", false, "put the TCP proxy between contenders and server for every fault, not only partitions")
 	flag.Parse()
 
-	if err := run(split(*systems), split(*faults), *n, *nSlow, *wait, *idle, *jsonOut, *mdOut, *pngOut); err != nil {
+	if err := run(split(*systems), split(*faults), *n, *nSlow, *wait, *idle, *proxyAll, *jsonOut, *mdOut, *pngOut); err != nil {
 		fmt.Fprintln(os.Stderr, "takeover:", err)
 		os.Exit(1)
 	}
@@ -73,9 +74,10 @@ type env struct {
 	etcdAddr      string
 	admin         *sql.DB
 	self          string
+	proxyAll      bool // a proxy between every contender and its server, not only for partitions
 }
 
-func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, jsonOut, mdOut, pngOut string) error {
+func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, proxyAll bool, jsonOut, mdOut, pngOut string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -85,7 +87,7 @@ func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, jsonO
 		return err
 	}
 	defer srv.Stop()
-	e := &env{pgURL: srv.URL, self: self}
+	e := &env{pgURL: srv.URL, self: self, proxyAll: proxyAll}
 	e.pgAddr = hostOf(srv.URL)
 	e.admin, err = sql.Open("pgx", srv.URL)
 	if err != nil {
@@ -108,18 +110,27 @@ func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, jsonO
 	}
 
 	rep := &report{started: time.Now(), systems: systems, faults: faults, machine: machine(e.admin)}
-	for _, sys := range systems {
-		for _, fault := range faults {
-			trials := n
-			if fault == "freeze" || fault == "partition" || sys == "etcd-60s" {
-				trials = nSlow
-			}
-			for i := 0; i < trials; i++ {
+	trials := func(sys, fault string) int {
+		if fault == "freeze" || fault == "partition" || sys == "etcd-60s" {
+			return nSlow
+		}
+		return n
+	}
+	// Systems take turns, trial by trial, so that a slow stretch of the
+	// machine falls on all of them alike: the comparison is paired.
+	for _, fault := range faults {
+		for i := 0; i < n || i < nSlow; i++ {
+			for _, sys := range systems {
+				if i >= trials(sys, fault) {
+					continue
+				}
 				r := e.trial(context.Background(), sys, fault, i, waitFor(sys, wait))
 				fmt.Fprintf(os.Stderr, "%-12s %-10s #%-3d takeover %-12v overlap %v %s\n", sys, fault, i, r.Takeover, r.Overlap, r.Note)
 				rep.trials = append(rep.trials, r)
 			}
 		}
+	}
+	for _, sys := range systems {
 		if !strings.HasPrefix(sys, "etcd") {
 			l, err := e.idleLoad(sys, idle)
 			if err != nil {

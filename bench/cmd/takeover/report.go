@@ -5,6 +5,7 @@ import (
 	"image/color"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -169,7 +170,7 @@ func (ticks125) Ticks(min, max float64) []plot.Tick {
 			if v < min/1.01 || v > max*1.01 {
 				continue
 			}
-			ts = append(ts, plot.Tick{Value: v, Label: strings.TrimSuffix(strings.TrimSuffix(fmt.Sprintf("%.3f", v), "0"), ".000")})
+			ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
 		}
 	}
 	return ts

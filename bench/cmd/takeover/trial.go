@@ -43,6 +43,10 @@ type event struct {
 }
 
 func (e *env) trial(ctx context.Context, sys, fault string, trial int, wait time.Duration) trialResult {
+	// Only a partition needs a proxy between a contender and its server;
+	// elsewhere it would add a network hop to every round trip (-proxy-all
+	// keeps it, to measure with one).
+	direct := fault != "partition" && !e.proxyAll
 	r := trialResult{System: sys, Fault: fault, Trial: trial, Takeover: -1}
 	name := fmt.Sprintf("bench-%s-%s-%d-%d", sys, fault, trial, time.Now().UnixNano())
 	target := e.pgAddr
@@ -65,9 +69,13 @@ func (e *env) trial(ctx context.Context, sys, fault string, trial int, wait time
 			r.Note = err.Error()
 			return r
 		}
-		endpoint := px.Addr()
+		addr := px.Addr()
+		if direct {
+			addr = target
+		}
+		endpoint := addr
 		if !strings.HasPrefix(sys, "etcd") {
-			endpoint = strings.Replace(e.pgURL, e.pgAddr, px.Addr(), 1)
+			endpoint = strings.Replace(e.pgURL, e.pgAddr, addr, 1)
 		}
 		p := &proc{id: i, proxy: px, cmd: exec.Command(e.self)}
 		p.cmd.Env = append(os.Environ(), contenderEnv+"="+sys, "BENCH_ENDPOINT="+endpoint, "BENCH_NAME="+name, "BENCH_ID="+fmt.Sprintf("c%d", i))
