@@ -186,8 +186,19 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	// send time plus the wait the server measured. (The statement started
 	// on the server after it was sent; the grant came after that wait.)
 	granted := sent.Add(time.Duration(waited) * time.Microsecond)
+	// An answer read long after the grant — the process was paused while it
+	// waited — vouches for nothing: the server may have ended the silent
+	// session and granted the lock to someone else meanwhile. Found by the
+	// chaos suite: a resumed waiter started its work on such a grant.
+	if late := time.Since(granted); late > l.cfg.loss {
+		return nil, l.errorf("acquire: %w: the grant was read %v after it was made (was this process paused?)", errStaleGrant, late.Round(time.Millisecond))
+	}
 	return newHold(l, conn, pid, uint64(token), granted), nil
 }
+
+// errStaleGrant is the cause of a failed Acquire whose grant was read more
+// than LossTimeout after it was made.
+var errStaleGrant = errors.New("stale grant")
 
 // ctxErrorf is errorf, except that when ctx is done the error matches
 // ctx.Err() too, whatever the driver made of the cancellation.

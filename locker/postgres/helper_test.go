@@ -56,6 +56,12 @@ func helperMain(mode string) int {
 		return 0
 	case "fence":
 		return fenceHelper(ctx, db, name)
+	case "wait":
+		// Acquire once, with the fast settings, and say what came of it.
+		if _, ok := helperAcquire(ctx, db, name, fast...); ok {
+			fmt.Println("held")
+		}
+		return 0
 	case "hold":
 		l, ok := helperAcquire(ctx, db, name, fast...)
 		if !ok {
@@ -267,6 +273,48 @@ func TestFreeze(t *testing.T) {
 			t.Fatalf("helper: %v", err)
 		}
 		if err := w.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestStaleGrantNotVouchedFor freezes a waiter in its lock wait, releases
+// the lock to the frozen session, lets the server end that silent session
+// and gives the lock to another contender; the waiter, resumed, must not
+// report the lock held on the grant it reads from its socket. (The chaos
+// suite found a resumed waiter starting its work on such a grant.)
+func TestStaleGrantNotVouchedFor(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		name := uniqueName(t)
+		holder := e.locker(t, name, fast...)
+		if err := holder.Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+		h := startHelper(t, e, "wait", name) // waits with the fast settings
+		eventually(t, 10*time.Second, "the helper waits", func() bool { return e.waiting(t, holder.Key()) })
+		if err := h.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		if err := holder.Release(ctx); err != nil { // granted to the frozen waiter's session
+			t.Fatal(err)
+		}
+		other := e.locker(t, name, fast...)
+		if err := other.Acquire(ctx); err != nil { // once the server ends that silent session
+			t.Fatal(err)
+		}
+		if err := h.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		line := h.next(t, 30*time.Second)
+		if line == "held" {
+			t.Fatal("the resumed waiter reported the lock held on a grant the server had since revoked")
+		}
+		if !strings.Contains(line, "stale grant") {
+			t.Fatalf("helper: %q, want a refusal of the stale grant", line)
+		}
+		t.Logf("resumed waiter: %s", line)
+		if err := other.Release(ctx); err != nil {
 			t.Fatal(err)
 		}
 	})
