@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "github.com/lib/pq"
@@ -34,7 +35,7 @@ func TestCheck(t *testing.T) {
 			if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS fence_ledger (who text, token bigint)`); err != nil {
 				t.Fatal(err)
 			}
-			resource := "ledger-" + driver
+			resource := fmt.Sprintf("ledger-%s-%d", driver, time.Now().UnixNano()) // fresh each run
 			write := func(token uint64) error {
 				return fence.Write(ctx, db, resource, token, func(tx *sql.Tx) error {
 					_, err := tx.Exec("INSERT INTO fence_ledger VALUES ($1, $2)", resource, int64(token))
@@ -74,9 +75,10 @@ func TestConcurrentWritersLandInTokenOrder(t *testing.T) {
 	if err := fence.CreateTable(ctx, db); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS fence_order (seq bigserial, token bigint)`); err != nil {
+	if _, err := db.Exec(`CREATE TABLE IF NOT EXISTS fence_order (seq bigserial, resource text, token bigint)`); err != nil {
 		t.Fatal(err)
 	}
+	resource := fmt.Sprintf("order-%d", time.Now().UnixNano()) // fresh each run
 	var wg sync.WaitGroup
 	for w := 1; w <= 8; w++ {
 		wg.Add(1)
@@ -84,8 +86,8 @@ func TestConcurrentWritersLandInTokenOrder(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 20; i++ {
 				tok := uint64(w*1000 + i)
-				err := fence.Write(ctx, db, "order", tok, func(tx *sql.Tx) error {
-					_, err := tx.Exec("INSERT INTO fence_order (token) VALUES ($1)", int64(tok))
+				err := fence.Write(ctx, db, resource, tok, func(tx *sql.Tx) error {
+					_, err := tx.Exec("INSERT INTO fence_order (resource, token) VALUES ($1, $2)", resource, int64(tok))
 					return err
 				})
 				if err != nil && !errors.Is(err, fence.ErrStale) {
@@ -96,7 +98,8 @@ func TestConcurrentWritersLandInTokenOrder(t *testing.T) {
 	}
 	wg.Wait()
 	var bad int
-	err = db.QueryRow(`SELECT count(*) FROM (SELECT token < max(token) OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS back FROM fence_order) s WHERE back`).Scan(&bad)
+	err = db.QueryRow(`SELECT count(*) FROM (SELECT token < max(token) OVER (ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS back
+		FROM fence_order WHERE resource = $1) s WHERE back`, resource).Scan(&bad)
 	if err != nil || bad != 0 {
 		t.Fatalf("%d writes landed after a write with a larger token (%v)", bad, err)
 	}

@@ -24,7 +24,9 @@ func TestMain(m *testing.M) {
 // whole story and leaves no server directory or node process behind.
 func TestDemo(t *testing.T) {
 	t.Setenv("DATABASE_URL", "") // the no-configuration path
-	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "onlyone-pglocal-*"))
+	// Only this process's server directories: other test binaries run at once.
+	mine := filepath.Join(os.TempDir(), "onlyone-pglocal-"+strconv.Itoa(os.Getpid())+"-*")
+	before, _ := filepath.Glob(mine)
 	var out bytes.Buffer
 	if code := demo(&out); code != 0 {
 		t.Fatalf("demo exited %d:\n%s", code, out.String())
@@ -39,7 +41,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("the demo did not say %q", w)
 		}
 	}
-	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "onlyone-pglocal-*"))
+	after, _ := filepath.Glob(mine)
 	if len(after) > len(before) {
 		t.Errorf("the demo left server directories behind: %v (before: %v)", after, before)
 	}

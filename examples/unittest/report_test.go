@@ -47,18 +47,22 @@ func TestReportSentByOneReplicaAtATime(t *testing.T) {
 func TestReportStopsWhenLockLost(t *testing.T) {
 	reg := memory.New()
 	lock := reg.Locker("daily-report")
-	stopped := make(chan struct{})
+	stopped := make(chan error, 1)
 	r := &unittest.Reporter{Lock: lock, Send: func(ctx context.Context) error {
 		reg.Revoke("daily-report") // as if the database lost our session
 		<-ctx.Done()
-		close(stopped)
+		// Why the hold ended, read before returning: once the send has
+		// returned, the supervisor releases the lock and may take it again.
+		select {
+		case stopped <- locker.Err(lock):
+		default: // a later send, after the lock came back: the test has its answer
+		}
 		return ctx.Err()
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	<-stopped // the send saw its ctx cancelled by the loss
-	if err := locker.Err(lock); !errors.Is(err, locker.ErrLost) {
+	if err := <-stopped; !errors.Is(err, locker.ErrLost) { // the send's ctx was cancelled by the loss
 		t.Fatalf("Err = %v, want ErrLost", err)
 	}
 	cancel() // Transient would send again once the lock is back

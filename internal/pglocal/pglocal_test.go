@@ -3,6 +3,7 @@ package pglocal_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,7 +21,9 @@ func TestStartStopRemovesEverything(t *testing.T) {
 	if os.Getenv(pglocal.EnvURL) != "" {
 		t.Skip("a server from " + pglocal.EnvURL + " is not started or stopped here")
 	}
-	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "onlyone-pglocal-*"))
+	// Only this process's directories: other test binaries run at once.
+	mine := filepath.Join(os.TempDir(), fmt.Sprintf("onlyone-pglocal-%d-*", os.Getpid()))
+	before, _ := filepath.Glob(mine)
 	srv, err := pglocal.Start()
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +40,7 @@ func TestStartStopRemovesEverything(t *testing.T) {
 	if err := srv.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "onlyone-pglocal-*"))
+	after, _ := filepath.Glob(mine)
 	if len(after) != len(before) {
 		t.Fatalf("temporary directories before Start %v, after Stop %v", before, after)
 	}
