@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -105,9 +104,8 @@ func Run(cfg Config) (*Report, error) {
 
 	c := &controller{cfg: cfg, srv: srv, admin: admin, dir: dir, lock: fmt.Sprintf("chaos-%d", cfg.Seed),
 		rnd: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5eed))}
-	target := strings.SplitN(strings.SplitN(srv.URL, "@", 2)[1], "/", 2)[0]
 	for i := 0; i < cfg.Nodes; i++ {
-		px, err := faultproxy.Start(target)
+		px, err := faultproxy.Start(srv.Addr())
 		if err != nil {
 			return nil, err
 		}
@@ -157,9 +155,8 @@ func (c *controller) record(f fault) {
 
 // start starts n's process.
 func (c *controller) start(n *node) error {
-	url := strings.Replace(c.srv.URL, strings.SplitN(strings.SplitN(c.srv.URL, "@", 2)[1], "/", 2)[0], n.proxy.Addr(), 1)
 	cmd := exec.Command(c.cfg.Self)
-	cmd.Env = append(os.Environ(), NodeEnv+"="+n.id, "CHAOS_URL="+url, "CHAOS_LOCK="+c.lock,
+	cmd.Env = append(os.Environ(), NodeEnv+"="+n.id, "CHAOS_URL="+c.srv.URLVia(n.proxy.Addr()), "CHAOS_LOCK="+c.lock,
 		"CHAOS_RECORD="+filepath.Join(c.dir, n.id+".rec"), "GORACE=atexit_sleep_ms=0")
 	cmd.Stderr = io.Discard
 	if err := cmd.Start(); err != nil {

@@ -96,6 +96,26 @@ func (s *Server) URLWith(user, password, dbname string) string {
 	return u.String()
 }
 
+// Addr returns the host:port the server listens on.
+func (s *Server) Addr() string {
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}
+
+// URLVia returns s.URL with its host:port replaced by addr: the URL of the
+// server through a proxy listening at addr.
+func (s *Server) URLVia(addr string) string {
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		return s.URL
+	}
+	u.Host = addr
+	return u.String()
+}
+
 // Open opens a pool on s with the named database/sql driver ("pgx" or
 // "postgres"; the caller imports the driver).
 func (s *Server) Open(driver string) (*sql.DB, error) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/url"
 	"testing"
 	"time"
 
@@ -13,26 +12,6 @@ import (
 	"github.com/onlyone-go/onlyone/locker"
 	"github.com/onlyone-go/onlyone/locker/postgres"
 )
-
-// viaAddr returns the server's URL with its host:port replaced by addr.
-func (e *env) viaAddr(t *testing.T, addr string) string {
-	t.Helper()
-	u, err := url.Parse(e.srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = addr
-	return u.String()
-}
-
-func (e *env) serverAddr(t *testing.T) string {
-	t.Helper()
-	u, err := url.Parse(e.srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u.Host
-}
 
 // TestCancelRace cancels Acquire around the moment the holder releases, the
 // race in which drivers misreport the lock (lib/pq: success without it;
@@ -184,13 +163,13 @@ func (e *env) checkPool(t *testing.T, id, when string) {
 func TestPartition(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		proxy, err := faultproxy.Start(e.serverAddr(t))
+		proxy, err := faultproxy.Start(e.srv.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer proxy.Close()
 		name := uniqueName(t)
-		holder := newLocker(t, open(t, e.driver, e.viaAddr(t, proxy.Addr())), name, fast...)
+		holder := newLocker(t, open(t, e.driver, e.srv.URLVia(proxy.Addr())), name, fast...)
 		waiter := e.locker(t, name, fast...)
 		if err := holder.Acquire(ctx); err != nil {
 			t.Fatal(err)
@@ -244,12 +223,12 @@ func TestPartition(t *testing.T) {
 func TestPoolerMovesSession(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
-		pooler, err := faultproxy.StartPooler(e.serverAddr(t))
+		pooler, err := faultproxy.StartPooler(e.srv.Addr())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer pooler.Close()
-		l := newLocker(t, open(t, e.driver, e.viaAddr(t, pooler.Addr())), uniqueName(t), fast...)
+		l := newLocker(t, open(t, e.driver, e.srv.URLVia(pooler.Addr())), uniqueName(t), fast...)
 		if err := l.Acquire(ctx); err != nil {
 			t.Fatal(err)
 		}

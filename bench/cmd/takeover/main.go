@@ -70,11 +70,11 @@ func split(s string) []string {
 
 // env is what the trials run against.
 type env struct {
-	pgURL, pgAddr string
-	etcdAddr      string
-	admin         *sql.DB
-	self          string
-	proxyAll      bool // a proxy between every contender and its server, not only for partitions
+	pg       *pglocal.Server
+	etcdAddr string
+	admin    *sql.DB
+	self     string
+	proxyAll bool // a proxy between every contender and its server, not only for partitions
 }
 
 func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, proxyAll bool, jsonOut, mdOut, pngOut string) error {
@@ -87,8 +87,7 @@ func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, proxy
 		return err
 	}
 	defer srv.Stop()
-	e := &env{pgURL: srv.URL, self: self, proxyAll: proxyAll}
-	e.pgAddr = hostOf(srv.URL)
+	e := &env{pg: srv, self: self, proxyAll: proxyAll}
 	e.admin, err = sql.Open("pgx", srv.URL)
 	if err != nil {
 		return err
@@ -153,12 +152,6 @@ func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, proxy
 		return nil
 	}
 	return os.WriteFile(mdOut, []byte(md), 0o644)
-}
-
-func hostOf(u string) string {
-	i := strings.Index(u, "@")
-	j := strings.Index(u[i+1:], "/")
-	return u[i+1 : i+1+j]
 }
 
 // machine describes where the run happened.

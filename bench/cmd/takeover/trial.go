@@ -49,7 +49,7 @@ func (e *env) trial(ctx context.Context, sys, fault string, trial int, wait time
 	direct := fault != "partition" && !e.proxyAll
 	r := trialResult{System: sys, Fault: fault, Trial: trial, Takeover: -1}
 	name := fmt.Sprintf("bench-%s-%s-%d-%d", sys, fault, trial, time.Now().UnixNano())
-	target := e.pgAddr
+	target := e.pg.Addr()
 	if strings.HasPrefix(sys, "etcd") {
 		target = e.etcdAddr
 	}
@@ -75,7 +75,7 @@ func (e *env) trial(ctx context.Context, sys, fault string, trial int, wait time
 		}
 		endpoint := addr
 		if !strings.HasPrefix(sys, "etcd") {
-			endpoint = strings.Replace(e.pgURL, e.pgAddr, addr, 1)
+			endpoint = e.pg.URLVia(addr)
 		}
 		p := &proc{id: i, proxy: px, cmd: exec.Command(e.self)}
 		p.cmd.Env = append(os.Environ(), contenderEnv+"="+sys, "BENCH_ENDPOINT="+endpoint, "BENCH_NAME="+name, "BENCH_ID="+fmt.Sprintf("c%d", i))
@@ -267,7 +267,7 @@ func (e *env) idleLoad(sys string, d time.Duration) (idleLoad, error) {
 	}()
 	for i := 0; i < 3; i++ {
 		c := exec.Command(e.self)
-		c.Env = append(os.Environ(), contenderEnv+"="+sys, "BENCH_ENDPOINT="+e.pgURL, "BENCH_NAME="+name, "BENCH_ID="+fmt.Sprintf("idle%d", i))
+		c.Env = append(os.Environ(), contenderEnv+"="+sys, "BENCH_ENDPOINT="+e.pg.URL, "BENCH_NAME="+name, "BENCH_ID="+fmt.Sprintf("idle%d", i))
 		c.Stdout, c.Stderr = nil, os.Stderr
 		if err := c.Start(); err != nil {
 			return l, err
