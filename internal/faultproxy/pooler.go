@@ -19,10 +19,8 @@ type Pooler struct {
 	target string
 	moves  atomic.Int64 // incremented by Move
 
-	mu     sync.Mutex
-	conns  []net.Conn
-	closed bool
-	wg     sync.WaitGroup
+	conns conns
+	wg    sync.WaitGroup
 }
 
 // StartPooler listens on a free loopback port and forwards to target.
@@ -46,32 +44,16 @@ func (p *Pooler) Move() { p.moves.Add(1) }
 // Close closes every connection and waits for the pooler's goroutines.
 func (p *Pooler) Close() error {
 	err := p.ln.Close()
-	p.mu.Lock()
-	p.closed = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
+	p.conns.closeAll()
 	p.wg.Wait()
 	return err
-}
-
-func (p *Pooler) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		c.Close()
-		return false
-	}
-	p.conns = append(p.conns, c)
-	return true
 }
 
 func (p *Pooler) accept() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
-		if err != nil || !p.track(c) {
+		if err != nil || !p.conns.track(c) {
 			return
 		}
 		p.wg.Add(1)
@@ -150,7 +132,7 @@ func (p *Pooler) attach(s *session, startup []byte, quiet bool) error {
 	if err != nil {
 		return err
 	}
-	if !p.track(server) {
+	if !p.conns.track(server) {
 		return net.ErrClosed
 	}
 	if _, err := server.Write(startup); err != nil {

@@ -8,6 +8,7 @@ package faultproxy
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // A Proxy forwards every connection made to Addr to a target address.
@@ -15,10 +16,8 @@ type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu       sync.Mutex
-	dropping bool
-	conns    map[net.Conn]struct{}
-	closed   bool
+	dropping atomic.Bool
+	conns    conns
 	wg       sync.WaitGroup
 }
 
@@ -28,7 +27,7 @@ func Start(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, target: target, conns: make(map[net.Conn]struct{})}
+	p := &Proxy{ln: ln, target: target}
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
@@ -39,49 +38,50 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Drop makes the network silent: from now on, bytes are read from both
 // sides and thrown away. Connections stay open, as over a real partition.
-func (p *Proxy) Drop() {
-	p.mu.Lock()
-	p.dropping = true
-	p.mu.Unlock()
-}
+func (p *Proxy) Drop() { p.dropping.Store(true) }
 
 // Restore forwards bytes again (those dropped meanwhile are gone).
-func (p *Proxy) Restore() {
-	p.mu.Lock()
-	p.dropping = false
-	p.mu.Unlock()
-}
+func (p *Proxy) Restore() { p.dropping.Store(false) }
 
-func (p *Proxy) isDropping() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.dropping
-}
+func (p *Proxy) isDropping() bool { return p.dropping.Load() }
 
 // Close stops listening, closes every connection and waits for the
 // proxy's goroutines to end.
 func (p *Proxy) Close() error {
 	err := p.ln.Close()
-	p.mu.Lock()
-	p.closed = true
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
+	p.conns.closeAll()
 	p.wg.Wait()
 	return err
 }
 
-// track remembers c for Close; it reports false once the proxy is closed.
-func (p *Proxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
+// conns are the connections a proxy opened, to be closed all at once.
+type conns struct {
+	mu     sync.Mutex
+	open   []net.Conn
+	closed bool
+}
+
+// track remembers c for closeAll; once that has run, it closes c and
+// reports false.
+func (cs *conns) track(c net.Conn) bool {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
 		c.Close()
 		return false
 	}
-	p.conns[c] = struct{}{}
+	cs.open = append(cs.open, c)
 	return true
+}
+
+// closeAll closes every connection tracked, and every one tracked later.
+func (cs *conns) closeAll() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.closed = true
+	for _, c := range cs.open {
+		c.Close()
+	}
 }
 
 func (p *Proxy) accept() {
@@ -91,7 +91,7 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		if !p.track(client) {
+		if !p.conns.track(client) {
 			return
 		}
 		server, err := net.Dial("tcp", p.target)
@@ -99,7 +99,7 @@ func (p *Proxy) accept() {
 			client.Close()
 			continue
 		}
-		if !p.track(server) {
+		if !p.conns.track(server) {
 			client.Close()
 			return
 		}
