@@ -55,15 +55,11 @@ func contender(system, endpoint, name, id string) int {
 
 // onlyoneContender: the library at its defaults, under the supervisor.
 func onlyoneContender(ctx context.Context, driver, url, name, id string) error {
-	db, err := sql.Open(driver, url)
+	db, l, err := openLocker(driver, url, name, id)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	l, err := postgres.New(db, name, postgres.WithIdentity(id))
-	if err != nil {
-		return err
-	}
 	return supervise.Run(ctx, l, func(ctx context.Context) error {
 		say("start")
 		<-ctx.Done()
@@ -137,15 +133,11 @@ func etcdContender(ctx context.Context, endpoint, name, id string, ttl int) erro
 // bareContender: the library without the supervisor, to tell their costs
 // apart.
 func bareContender(ctx context.Context, url, name, id string) error {
-	db, err := sql.Open("pgx", url)
+	db, l, err := openLocker("pgx", url, name, id)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	l, err := postgres.New(db, name, postgres.WithIdentity(id))
-	if err != nil {
-		return err
-	}
 	if err := l.Acquire(ctx); err != nil {
 		return err
 	}
@@ -153,4 +145,18 @@ func bareContender(ctx context.Context, url, name, id string) error {
 	<-ctx.Done()
 	say("stop")
 	return l.Release(context.Background())
+}
+
+// openLocker opens a pool and a Locker at the library's defaults.
+func openLocker(driver, url, name, id string) (*sql.DB, *postgres.Locker, error) {
+	db, err := sql.Open(driver, url)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := postgres.New(db, name, postgres.WithIdentity(id))
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return db, l, nil
 }
