@@ -144,3 +144,24 @@ func Token(l Locker) (uint64, bool) {
 	}
 	return 0, false
 }
+
+// Voucher is implemented by a Locker whose backend vouches for a hold only
+// for a bounded time after each confirmation (a heartbeat, a lease renewal).
+// Whoever must not outlive the hold — a watchdog around a child process, a
+// health check — can use the moment to arm a deadline of its own.
+type Voucher interface {
+	// VouchedUntil returns the moment at which Lost will close unless the
+	// backend confirms the hold again before then. It returns the zero
+	// time when the lock is not held. While the hold lasts, successive
+	// calls never return an earlier time.
+	VouchedUntil() time.Time
+}
+
+// VouchedUntil returns l.VouchedUntil() and true if l is a Voucher, and the
+// zero time and false otherwise.
+func VouchedUntil(l Locker) (time.Time, bool) {
+	if v, ok := l.(Voucher); ok {
+		return v.VouchedUntil(), true
+	}
+	return time.Time{}, false
+}
