@@ -287,3 +287,43 @@ func TestTemporaryNeverRan(t *testing.T) {
 		t.Fatalf("Permanent Run shut down while waiting = %v, want nil", err)
 	}
 }
+
+// Two replicas that start together both find the lock free; the one that
+// loses the race still learns, a moment later, who won.
+func TestWaiterLearnsHolderAfterRace(t *testing.T) {
+	reg := memory.New()
+	winner := reg.Locker("relay", memory.WithIdentity("node-a"))
+	defer winner.Release(context.Background())
+	s := &supervise.Supervisor{}
+	instant(t, s)
+	var once sync.Once
+	s.OnEvent = func(e supervise.Event) {
+		if e.Kind == supervise.EventWaiting {
+			if e.Holder != "" {
+				t.Errorf("EventWaiting.Holder = %q, want \"\": the lock was free", e.Holder)
+			}
+			once.Do(func() {
+				if err := winner.Acquire(context.Background()); err != nil { // wins the race
+					t.Error(err)
+				}
+			})
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan error, 1)
+	go func() { res <- s.Run(ctx, reg.Locker("relay"), func(context.Context) error { return nil }) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Status().Holder != "node-a" {
+		if time.Now().After(deadline) {
+			t.Fatalf("Status = %+v, want waiting for node-a", s.Status())
+		}
+		time.Sleep(time.Millisecond) // the recheck sends no event: it only updates Status
+	}
+	if st := s.Status(); st.State != supervise.Waiting {
+		t.Fatalf("Status = %+v", st)
+	}
+	cancel()
+	if err := <-res; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}

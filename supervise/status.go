@@ -49,7 +49,8 @@ type Status struct {
 	// Holder is who holds the lock, as far as this Supervisor knows: its
 	// own Identity while Leading or Stopping; while Waiting, the holder
 	// the backend reported when the wait began ("" when the lock was free
-	// or the backend cannot tell). It is not refreshed during the wait.
+	// or the backend cannot tell) — or, if the lock was free then, a
+	// second later. It is not refreshed during the wait.
 	Holder string
 }
 

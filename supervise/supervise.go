@@ -264,8 +264,10 @@ func (s *Supervisor) Run(ctx context.Context, l locker.Locker, child func(ctx co
 		restarts []time.Time // within the restart period
 	)
 	for {
-		s.wait(ctx, l)
-		if err := l.Acquire(ctx); err != nil {
+		stopAsking := s.wait(ctx, l)
+		err := l.Acquire(ctx)
+		stopAsking()
+		if err != nil {
 			if ctx.Err() != nil {
 				if last == nil && !errors.Is(err, ctx.Err()) {
 					failures, last = 1, err
@@ -341,27 +343,63 @@ func (s *Supervisor) waitEnded(ctx context.Context, failures int, last error) er
 	return nil
 }
 
-// holderTimeout bounds the one question a supervisor asks about the
-// holder when it starts waiting: the answer is for people, and must not
-// delay the wait for long.
+// holderTimeout bounds each question a supervisor asks about the holder:
+// the answer is for people, and must not delay the wait for long.
 const holderTimeout = 2 * time.Second
 
-// wait enters the Waiting state. On entering it, it asks the backend once
-// who holds the lock, if it can tell (locker.Inspector), for Status and
-// EventWaiting. Retries after a failure stay in the state and ask nothing.
-func (s *Supervisor) wait(ctx context.Context, l locker.Locker) {
+// holderRecheck is how long after a wait began a supervisor asks again
+// who holds the lock, if the first answer was "nobody": two replicas that
+// start together both find the lock free, and the one that loses the race
+// should still be able to say who won.
+const holderRecheck = time.Second
+
+// wait enters the Waiting state. On entering it, it asks the backend who
+// holds the lock, if it can tell (locker.Inspector), for Status and
+// EventWaiting; if nobody did, it asks once more after holderRecheck,
+// for Status only, in a goroutine that the returned func stops and waits
+// for. Retries after a failure stay in the state and ask nothing.
+func (s *Supervisor) wait(ctx context.Context, l locker.Locker) (stop func()) {
+	stop = func() {}
 	if s.Status().State == Waiting {
-		return
+		return stop
 	}
 	s.transition(Waiting, nil)
+	holder, ok := s.askHolder(ctx, l)
+	s.setStatus(func(st *Status) { st.Holder = holder })
+	s.emit(Event{Kind: EventWaiting, Holder: holder})
+	if !ok || holder != "" {
+		return stop
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-s.timer(holderRecheck):
+		case <-actx.Done():
+			return
+		}
+		if h, _ := s.askHolder(actx, l); h != "" && actx.Err() == nil {
+			s.setStatus(func(st *Status) {
+				if st.State == Waiting {
+					st.Holder = h
+				}
+			})
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// askHolder asks l who holds its lock, once; ok is false when l cannot
+// tell.
+func (s *Supervisor) askHolder(ctx context.Context, l locker.Locker) (holder string, ok bool) {
 	hctx, cancel := context.WithTimeout(ctx, holderTimeout)
-	holder, _, err := locker.Holder(hctx, l)
-	cancel()
+	defer cancel()
+	holder, ok, err := locker.Holder(hctx, l)
 	if err != nil {
 		s.log(slog.LevelDebug, "supervise: cannot tell who holds the lock", "err", err)
 	}
-	s.setStatus(func(st *Status) { st.Holder = holder })
-	s.emit(Event{Kind: EventWaiting, Holder: holder})
+	return holder, ok
 }
 
 // failureLevel is the level at which the failures-th failed acquisition
