@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/onlyone-go/onlyone/internal/pglocal"
 	"github.com/onlyone-go/onlyone/locker/memory"
 	"github.com/onlyone-go/onlyone/locker/postgres"
 	"github.com/onlyone-go/onlyone/supervise"
@@ -52,63 +51,55 @@ func get(t *testing.T, url string) (int, body) {
 // Two replicas on a real PostgreSQL lock: the leader answers 200, the
 // other 429, and both name the same holder.
 func TestStatusHandlerTwoReplicas(t *testing.T) {
-	srv := pglocal.Shared(t)
-	for _, driver := range []string{"pgx", "postgres"} {
-		t.Run(driver, func(t *testing.T) {
-			db, err := sql.Open(driver, srv.URL)
+	forEachDriver(t, func(t *testing.T, driver string, db *sql.DB) {
+		name := "status-" + driver + "-" + time.Now().Format("150405.000000")
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer cancel()
+		urls := make([]string, 2)
+		evs := []*events{newEvents(), newEvents()}
+		for i, id := range []string{"node-a", "node-b"} {
+			l, err := postgres.New(db, name, postgres.WithIdentity(id))
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer db.Close()
-			name := "status-" + driver + "-" + time.Now().Format("150405.000000")
-			ctx, cancel := context.WithCancel(context.Background())
-			var wg sync.WaitGroup
-			defer wg.Wait()
-			defer cancel()
-			urls := make([]string, 2)
-			evs := []*events{newEvents(), newEvents()}
-			for i, id := range []string{"node-a", "node-b"} {
-				l, err := postgres.New(db, name, postgres.WithIdentity(id))
-				if err != nil {
-					t.Fatal(err)
+			s := &supervise.Supervisor{OnEvent: evs[i].hook}
+			hs := httptest.NewServer(&supervise.StatusHandler{Supervisor: s})
+			defer hs.Close()
+			urls[i] = hs.URL
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := s.Run(ctx, l, func(ctx context.Context) error { <-ctx.Done(); return nil }); err != nil {
+					t.Errorf("%s: Run = %v", id, err)
 				}
-				s := &supervise.Supervisor{OnEvent: evs[i].hook}
-				hs := httptest.NewServer(&supervise.StatusHandler{Supervisor: s})
-				defer hs.Close()
-				urls[i] = hs.URL
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					if err := s.Run(ctx, l, func(ctx context.Context) error { <-ctx.Done(); return nil }); err != nil {
-						t.Errorf("%s: Run = %v", id, err)
-					}
-				}()
-				if i == 0 {
-					// node-a leads before node-b starts to wait.
-					evs[0].waitFor(t, supervise.EventAcquired, 1)
-				}
+			}()
+			if i == 0 {
+				// node-a leads before node-b starts to wait.
+				evs[0].waitFor(t, supervise.EventAcquired, 1)
 			}
-			if w := evs[1].waitFor(t, supervise.EventWaiting, 1); w.Holder != "node-a" {
-				t.Fatalf("node-b's EventWaiting.Holder = %q, want node-a", w.Holder)
-			}
-			codeA, a := get(t, urls[0])
-			codeB, b := get(t, urls[1])
-			t.Logf("node-a: %d %+v", codeA, a)
-			t.Logf("node-b: %d %+v", codeB, b)
-			if codeA != http.StatusOK || !a.Leading || a.State != "leading" || a.Identity != "node-a" || !a.Healthy {
-				t.Errorf("leader: %d %+v", codeA, a)
-			}
-			if codeB != http.StatusTooManyRequests || b.Leading || b.State != "waiting" || b.Identity != "node-b" || !b.Healthy {
-				t.Errorf("standby: %d %+v", codeB, b)
-			}
-			if a.Holder != "node-a" || b.Holder != a.Holder {
-				t.Errorf("holders %q and %q, want node-a twice", a.Holder, b.Holder)
-			}
-			if h, err := postgres.WhoHolds(context.Background(), db, name); err != nil || h == nil || h.ApplicationName != a.Holder {
-				t.Errorf("WhoHolds = %+v, %v; the status says %q", h, err, a.Holder)
-			}
-		})
-	}
+		}
+		if w := evs[1].waitFor(t, supervise.EventWaiting, 1); w.Holder != "node-a" {
+			t.Fatalf("node-b's EventWaiting.Holder = %q, want node-a", w.Holder)
+		}
+		codeA, a := get(t, urls[0])
+		codeB, b := get(t, urls[1])
+		t.Logf("node-a: %d %+v", codeA, a)
+		t.Logf("node-b: %d %+v", codeB, b)
+		if codeA != http.StatusOK || !a.Leading || a.State != "leading" || a.Identity != "node-a" || !a.Healthy {
+			t.Errorf("leader: %d %+v", codeA, a)
+		}
+		if codeB != http.StatusTooManyRequests || b.Leading || b.State != "waiting" || b.Identity != "node-b" || !b.Healthy {
+			t.Errorf("standby: %d %+v", codeB, b)
+		}
+		if a.Holder != "node-a" || b.Holder != a.Holder {
+			t.Errorf("holders %q and %q, want node-a twice", a.Holder, b.Holder)
+		}
+		if h, err := postgres.WhoHolds(context.Background(), db, name); err != nil || h == nil || h.ApplicationName != a.Holder {
+			t.Errorf("WhoHolds = %+v, %v; the status says %q", h, err, a.Holder)
+		}
+	})
 }
 
 // vouched is a memory Locker that is a locker.Voucher with a settable
