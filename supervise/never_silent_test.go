@@ -22,15 +22,22 @@ import (
 	"github.com/onlyone-go/onlyone/supervise"
 )
 
-// noLoggerEnv names, in a child process of the test binary, the driver and
-// URL of a database to run a supervisor against with no Logger.
+// noLoggerEnv names, in a child process of the test binary, the context's
+// timeout, the driver and the URL of a database to run a supervisor
+// against with no Logger.
 const noLoggerEnv = "SUPERVISE_NO_LOGGER"
 
-// noLoggerMain runs supervise.Run with a 5s context, as the README's
-// example does, with the default slog logger writing to stderr; it prints
-// what Run returned on stdout.
+// noLoggerMain runs supervise.Run with a context that times out, as the
+// README's example does, with the default slog logger writing to stderr;
+// it prints what Run returned on stdout.
 func noLoggerMain() int {
-	driver, url, _ := strings.Cut(os.Getenv(noLoggerEnv), " ")
+	args := strings.SplitN(os.Getenv(noLoggerEnv), " ", 3)
+	timeout, err := time.ParseDuration(args[0])
+	if err != nil || len(args) != 3 {
+		fmt.Println("bad", noLoggerEnv, err)
+		return 2
+	}
+	driver, url := args[1], args[2]
 	db, err := sql.Open(driver, url)
 	if err != nil {
 		fmt.Println("open:", err)
@@ -42,7 +49,7 @@ func noLoggerMain() int {
 		fmt.Println("new:", err)
 		return 2
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err = supervise.Run(ctx, l, func(context.Context) error { return nil })
 	fmt.Printf("config=%v deadline=%v\n%v\n", errors.Is(err, locker.ErrConfig), errors.Is(err, context.DeadlineExceeded), err)
@@ -57,30 +64,58 @@ func TestWrongDatabaseEndsRunLoudly(t *testing.T) {
 	for _, driver := range []string{"pgx", "postgres"} {
 		t.Run(driver, func(t *testing.T) {
 			dbname := "no_such_db_" + driver
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), noLoggerEnv+"="+driver+" "+srv.URLWith("", "", dbname))
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			if err := cmd.Run(); err != nil {
-				t.Fatalf("%v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+			out := runNoLogger(t, "5s", driver, srv.URLWith("", "", dbname), dbname)
+			if !strings.HasPrefix(out, "config=true deadline=false\n") {
+				t.Fatalf("Run returned %q; want an error matching locker.ErrConfig, before the deadline", out)
 			}
-			out := stdout.String()
-			if !strings.HasPrefix(out, "config=true deadline=false\n") || !strings.Contains(out, dbname) {
-				t.Fatalf("Run returned %q; want an error matching locker.ErrConfig, before the deadline, naming %s", out, dbname)
-			}
-			lines := 0
-			for _, line := range strings.Split(stderr.String(), "\n") {
-				if strings.Contains(line, dbname) {
-					lines++
-				}
-			}
-			if lines != 1 {
-				t.Fatalf("%d lines of stderr name the database, want one:\n%s", lines, stderr.String())
-			}
-			t.Logf("Run: %s", out)
-			t.Logf("stderr: %s", stderr.String())
 		})
 	}
+}
+
+// lib/pq asks for TLS unless told otherwise; against a server without
+// TLS that fails at every attempt. It is retried (a server can be given
+// a certificate), but not silently: the cause is on stderr once, and Run
+// returns it when its context ends.
+func TestTLSRefusedIsNamed(t *testing.T) {
+	srv := pglocal.Shared(t)
+	if srv.Kind != "local" {
+		t.Skipf("needs the local server, which has no TLS (server kind %q)", srv.Kind)
+	}
+	url := strings.Replace(srv.URL, "sslmode=disable", "sslmode=require", 1)
+	out := runNoLogger(t, "1s", "postgres", url, "SSL")
+	if !strings.HasPrefix(out, "config=false deadline=true\n") {
+		t.Fatalf("Run returned %q; want an error matching context.DeadlineExceeded that names the TLS failure", out)
+	}
+}
+
+// runNoLogger runs noLoggerMain in a child process and returns what it
+// printed. It wants the output to contain cause, and exactly one line of
+// stderr to contain it.
+func runNoLogger(t *testing.T, timeout, driver, url, cause string) string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), noLoggerEnv+"="+timeout+" "+driver+" "+url)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	if !strings.Contains(out, cause) {
+		t.Fatalf("Run returned %q, which does not name %q", out, cause)
+	}
+	lines := 0
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(line, cause) {
+			lines++
+		}
+	}
+	if lines != 1 {
+		t.Fatalf("%d lines of stderr name %q, want one:\n%s", lines, cause, stderr.String())
+	}
+	t.Logf("Run: %s", out)
+	t.Logf("stderr: %s", stderr.String())
+	return out
 }
 
 // scripted is a Locker whose Acquire fails with the errors it is given,

@@ -11,6 +11,12 @@
 // goroutine cannot be killed and a process can.
 //
 // Run returns only when every goroutine it started has ended.
+//
+// A supervisor is never silent about a failure: without a Logger its
+// warnings go to slog.Default(), and Run returns the cause when its
+// context ends while acquisitions fail (see Supervisor.Run). Its state is
+// visible from outside the process through StatusHandler (200 on the
+// leader, 429 elsewhere, as JSON) and LivenessHandler (see Check).
 package supervise
 
 import (
@@ -437,8 +443,17 @@ func (s *Supervisor) lead(ctx context.Context, l locker.Locker, c settings, chil
 	var why end
 	select {
 	case err := <-done:
+		if ctx.Err() == nil {
+			s.emit(Event{Kind: EventChildExited, Err: err})
+			return endExited, err
+		}
+		// The child's ctx derives from ctx, so it may see a shutdown and
+		// return before this select does: that is a shutdown, not a child
+		// that returned on its own to be restarted.
+		s.transition(Stopping, nil)
+		s.emit(Event{Kind: EventStopping})
 		s.emit(Event{Kind: EventChildExited, Err: err})
-		return endExited, err
+		return endShutdown, err
 	case <-l.Lost():
 		why = endLost
 		s.emit(Event{Kind: EventLost, Err: locker.Err(l)})
