@@ -311,6 +311,14 @@ func TestTemporaryNeverRan(t *testing.T) {
 		t.Fatalf("Run = %v, want an error matching context.Canceled", err)
 	}
 
+	// The same with a deadline, as a cron-style job has.
+	s = &supervise.Supervisor{Restart: supervise.Temporary}
+	dctx, dcancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer dcancel()
+	if err := s.Run(dctx, reg.Locker("report"), func(context.Context) error { return nil }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Temporary Run past its deadline = %v, want an error matching context.DeadlineExceeded", err)
+	}
+
 	// Permanent and Transient supervisors that were shut down while they
 	// waited, with no failure, return nil: that is a normal shutdown.
 	s = &supervise.Supervisor{OnEvent: ev.hook}
