@@ -19,9 +19,9 @@ import (
 // 57P01) and every connection failure (class 08, TLS, DNS) pass.
 var permanentStates = map[string]string{
 	"3D000": "the database does not exist",
-	"28000": "the role does not exist, may not log in, or pg_hba.conf has no entry for it",
-	"42501": "the role lacks a privilege the lock needs (CONNECT on the database, or EXECUTE on a function)",
-	"42883": "a function the lock needs does not exist (not PostgreSQL, or too old)",
+	"28000": "the role does not exist, may not log in, or has no pg_hba.conf entry",
+	"42501": "the role lacks a privilege the lock needs: CONNECT on the database, or EXECUTE on a function",
+	"42883": "a function the lock needs does not exist: not PostgreSQL, or too old",
 }
 
 // classify marks an error of Acquire that retrying cannot cure: it then

@@ -28,6 +28,20 @@ func TestPermanentErrorsMatchErrConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { e.admin.Exec("DROP ROLE " + nologin) })
+		// A database the role may not connect to (REVOKE CONNECT).
+		closed := "onlyone_closed_" + suffix
+		if _, err := e.admin.Exec("CREATE DATABASE " + closed); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.admin.Exec("DROP DATABASE " + closed + " WITH (FORCE)") })
+		if _, err := e.admin.Exec("REVOKE CONNECT ON DATABASE " + closed + " FROM PUBLIC"); err != nil {
+			t.Fatal(err)
+		}
+		plain := "onlyone_plain_" + suffix
+		if _, err := e.admin.Exec("CREATE ROLE " + plain + " LOGIN"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.admin.Exec("DROP ROLE " + plain) })
 		for _, c := range []struct {
 			what, url string
 			permanent bool
@@ -35,6 +49,7 @@ func TestPermanentErrorsMatchErrConfig(t *testing.T) {
 			{"a database that does not exist", e.srv.URLWith("", "", "no_such_db_"+suffix), true},
 			{"a role that does not exist", e.srv.URLWith("no_such_role_"+suffix, "", ""), true},
 			{"a role that may not log in", e.srv.URLWith(nologin, "", ""), true},
+			{"a database the role may not connect to", e.srv.URLWith(plain, "", closed), true},
 			{"a wrong password (it may be being rotated)", e.srv.URLWith(role, "wrong-one", ""), false},
 			{"nothing listening (the server may be restarting)", "postgres://postgres@127.0.0.1:1/postgres?sslmode=disable&connect_timeout=5", false},
 		} {
