@@ -74,22 +74,23 @@ func (h *hold) halt() {
 	h.lose(locker.ErrNotHeld)
 }
 
-// start runs the hold's goroutines: one watches the key, the session and
-// the vouched-for deadline; one renews the lease.
+// start runs the hold's goroutines: one keeps the vouched-for deadline
+// and watches the Session, one watches the key, one renews the lease.
+// Each can end the hold; none waits for another: on a silent network
+// creating the watch or renewing the lease blocks, and the deadline must
+// not wait for them.
 func (h *hold) start(l *Locker) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	for _, f := range []func(context.Context, *Locker){h.renew, h.watchKey, h.keepDeadline} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(ctx, l)
+		}()
+	}
 	go func() {
-		defer wg.Done()
-		h.renew(ctx, l)
-	}()
-	go func() {
-		defer wg.Done()
-		h.watch(ctx, l)
-	}()
-	go func() {
-		// Whichever ends the hold, both goroutines stop.
+		// Whichever ends the hold, all of them stop.
 		select {
 		case <-h.stop:
 		case <-h.lost:
@@ -100,12 +101,9 @@ func (h *hold) start(l *Locker) {
 	}()
 }
 
-// watch closes lost when the key is deleted, the Session ends, or the
-// vouched-for deadline passes without a renewal. The deadline is kept on
-// a timer of its own: a renewal that hangs on a silent network does not
-// hold it up.
-func (h *hold) watch(ctx context.Context, l *Locker) {
-	wch := l.cli.Watch(clientv3.WithRequireLeader(ctx), h.key, clientv3.WithRev(h.rev+1))
+// keepDeadline closes lost when the Session ends or the vouched-for
+// deadline passes without a renewal that moves it.
+func (h *hold) keepDeadline(ctx context.Context, l *Locker) {
 	timer := time.NewTimer(time.Until(h.vouchedUntil()))
 	defer timer.Stop()
 	for {
@@ -122,27 +120,28 @@ func (h *hold) watch(ctx context.Context, l *Locker) {
 			}
 			h.lose(fmt.Errorf("etcd: %s: %w: no lease renewal succeeded in time to vouch for the hold", l.name, locker.ErrLost))
 			return
-		case wr, ok := <-wch:
-			if !ok {
-				if ctx.Err() != nil {
-					return
-				}
-				h.lose(fmt.Errorf("etcd: %s: %w: the watch on the key ended", l.name, locker.ErrLost))
+		}
+	}
+}
+
+// watchKey closes lost when the key is deleted, or when etcd can no longer
+// tell (the watch fails or the member has no leader).
+func (h *hold) watchKey(ctx context.Context, l *Locker) {
+	wch := l.cli.Watch(clientv3.WithRequireLeader(ctx), h.key, clientv3.WithRev(h.rev+1))
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			h.lose(fmt.Errorf("etcd: %s: %w: watching the key: %w", l.name, locker.ErrLost, err))
+			return
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				h.lose(fmt.Errorf("etcd: %s: %w: the key was deleted (lease revoked or expired, or removed by hand)", l.name, locker.ErrLost))
 				return
-			}
-			if err := wr.Err(); err != nil {
-				// WithRequireLeader: the member lost its leader. A
-				// deletion could go unseen; fail safe.
-				h.lose(fmt.Errorf("etcd: %s: %w: watching the key: %w", l.name, locker.ErrLost, err))
-				return
-			}
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					h.lose(fmt.Errorf("etcd: %s: %w: the key was deleted (lease revoked or expired, or removed by hand)", l.name, locker.ErrLost))
-					return
-				}
 			}
 		}
+	}
+	if ctx.Err() == nil {
+		h.lose(fmt.Errorf("etcd: %s: %w: the watch on the key ended", l.name, locker.ErrLost))
 	}
 }
 
