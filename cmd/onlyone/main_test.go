@@ -295,7 +295,7 @@ func TestStatus(t *testing.T) {
 	srv := pglocal.Shared(t)
 	dir, name := t.TempDir(), uniqueName(t)
 	st := start(t, srv.URL, nil, "status", "--name", name)
-	if code := st.wait(t); code != 0 || !strings.Contains(st.stdout.String(), name+": free, 0 waiting") {
+	if code := st.wait(t); code != exitFree || !strings.Contains(st.stdout.String(), name+": free, 0 waiting") {
 		t.Fatalf("status of a free lock: exit %d, %q %q", code, st.stdout.String(), st.stderr.String())
 	}
 	w := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", name, "--identity", "node-b", "--", "sh", "-c", `touch "$D/started"; exec sleep 60`)
@@ -352,7 +352,7 @@ func TestBadUsage(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	if code := cli(context.Background(), []string{"run", "--help"}, &out, &out); code != 0 || !strings.Contains(out.String(), "shutdown-timeout duration") {
+	if code := cli(context.Background(), []string{"run", "--help"}, &out, &out); code != 0 || !strings.Contains(out.String(), "--shutdown-timeout duration") {
 		t.Errorf("run --help: exit %d, %q", code, out.String())
 	}
 }
