@@ -111,7 +111,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	lock := &contender{Locker: l, db: db, name: *name, logger: logger, noWait: *noWait, busy: cancel}
+	var lock locker.Locker = l
+	if *noWait {
+		lock = &noWaitLocker{Locker: l, busy: cancel}
+	}
 	c := &commandRunner{
 		args:     command,
 		env:      commandEnv(os.Environ(), "ONLYONE_NAME="+*name, "ONLYONE_IDENTITY="+l.Identity(), "ONLYONE_LOCK_KEY="+strconv.FormatInt(l.Key(), 10)),

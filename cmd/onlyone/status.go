@@ -22,10 +22,11 @@ type statusJSON struct {
 }
 
 // holderJSON is the holder's session, as the server shows it to the role
-// asking: without pg_read_all_stats, the server may hide the identity,
-// client and session start of another role's session ("" and null).
+// asking: to a role other than the holder's, without pg_read_all_stats,
+// the server hides the client and the session start ("" and null).
 type holderJSON struct {
 	Identity     string     `json:"identity"`
+	Role         string     `json:"role"`
 	PID          int        `json:"pid"`
 	Client       string     `json:"client"`
 	SessionStart *time.Time `json:"session_start"`
@@ -77,7 +78,7 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	st := statusJSON{Name: *name, Key: postgres.Key(*name), Held: h != nil, Waiting: waiting}
 	if h != nil {
-		st.Holder = &holderJSON{Identity: h.ApplicationName, PID: h.PID, Client: h.ClientAddr}
+		st.Holder = &holderJSON{Identity: h.ApplicationName, Role: h.Role, PID: h.PID, Client: h.ClientAddr}
 		if !h.SessionStart.IsZero() {
 			st.Holder.SessionStart = &h.SessionStart
 		}
@@ -89,8 +90,8 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case h == nil:
 		fmt.Fprintf(stdout, "%s: free, %d waiting (key %d)\n", *name, waiting, st.Key)
 	default:
-		fmt.Fprintf(stdout, "%s: held by %s (backend pid %d, client %s, session started %s), %d waiting (key %d)\n",
-			*name, orUnknown(h.ApplicationName), h.PID, orUnknown(h.ClientAddr), sessionStart(h.SessionStart), waiting, st.Key)
+		fmt.Fprintf(stdout, "%s: held by %s (role %s, backend pid %d, client %s, session started %s), %d waiting (key %d)\n",
+			*name, orUnknown(h.ApplicationName), h.Role, h.PID, orUnknown(h.ClientAddr), sessionStart(h.SessionStart), waiting, st.Key)
 	}
 	if h == nil {
 		return exitFree
