@@ -185,3 +185,135 @@ func TestInteractiveCommand(t *testing.T) {
 		t.Fatalf("the command did not read the line; terminal output:\n%s", out.String())
 	}
 }
+
+// watchdogProc is a watchdog started by a test, standing in for the
+// wrapper: the test holds the control pipe and reads the reports.
+type watchdogProc struct {
+	cmd     *exec.Cmd
+	control *os.File
+	reports chan string
+}
+
+func startWatchdog(t *testing.T, deadline int64, shutdown time.Duration, command ...string) *watchdogProc {
+	t.Helper()
+	ctrlR, ctrlW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{watchdogCommand, "--shutdown-timeout", shutdown.String(), "--deadline", fmt.Sprint(deadline), "--"}, command...)
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "ONLYONE_CLI_UNDER_TEST=1")
+	cmd.ExtraFiles = []*os.File{ctrlR, repW}
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctrlR.Close()
+	repW.Close()
+	p := &watchdogProc{cmd: cmd, control: ctrlW, reports: make(chan string, 16)}
+	go func() {
+		defer close(p.reports)
+		defer repR.Close()
+		b := make([]byte, 4096)
+		var line []byte
+		for {
+			n, err := repR.Read(b)
+			for _, c := range b[:n] {
+				if c == '\n' {
+					p.reports <- string(line)
+					line = nil
+				} else {
+					line = append(line, c)
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		ctrlW.Close() // the "wrapper" dies: the watchdog kills everything
+		_ = cmd.Wait()
+	})
+	return p
+}
+
+func (p *watchdogProc) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case r := <-p.reports:
+		return r
+	case <-time.After(30 * time.Second):
+		t.Fatal("no report from the watchdog within 30s")
+		return ""
+	}
+}
+
+// The deadline, kept alive only by the wrapper's extensions: while they
+// come the command runs; when they stop, the command is stopped (the stop
+// signal, then SIGKILL after the shutdown timeout) and the watchdog says
+// the lock is no longer vouched for.
+func TestWatchdogDeadline(t *testing.T) {
+	dir := t.TempDir()
+	const lease, shutdown = 300 * time.Millisecond, 500 * time.Millisecond
+	p := startWatchdog(t, monoNow()+int64(lease), shutdown,
+		"sh", "-c", `trap "" TERM; echo $$ > "`+dir+`/pid"; while :; do sleep 0.05; done`)
+	if r := p.next(t); !strings.HasPrefix(r, "started ") {
+		t.Fatalf("first report %q, want started", r)
+	}
+	// Extend for five leases' worth of time: the command must live on.
+	extended := time.Now()
+	for time.Since(extended) < 5*lease {
+		fmt.Fprintf(p.control, "deadline %d\n", monoNow()+int64(lease))
+		time.Sleep(lease / 5)
+	}
+	select {
+	case r := <-p.reports:
+		t.Fatalf("report %q while the deadline was being extended", r)
+	default:
+	}
+	stopped := time.Now()
+	if r := p.next(t); r != "expired" {
+		t.Fatalf("report %q, want expired", r)
+	}
+	if r := p.next(t); r != "exit 137" {
+		t.Fatalf("report %q, want exit 137: a command that ignores SIGTERM is SIGKILLed", r)
+	}
+	took := time.Since(stopped)
+	if took < shutdown {
+		t.Errorf("the command was killed %v after the extensions stopped, before the shutdown timeout (%v) after the deadline", took, shutdown)
+	}
+	if pid := readPID(t, filepath.Join(dir, "pid")); alive(pid) {
+		t.Errorf("the command (pid %d) still runs", pid)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Errorf("the watchdog exited with %v", err)
+	}
+}
+
+// A stop request delivers the stop signal once, even when asked again,
+// and a second signal of the user's goes through as a plain signal.
+func TestWatchdogStopDeliversOnce(t *testing.T) {
+	dir := t.TempDir()
+	p := startWatchdog(t, 0, 5*time.Second,
+		"sh", "-c", `trap 'echo TERM >> "`+dir+`/got"' TERM; trap 'echo INT >> "`+dir+`/got"; exit 3' INT; touch "`+dir+`/ready"; while :; do sleep 0.05; done`)
+	if r := p.next(t); !strings.HasPrefix(r, "started ") {
+		t.Fatalf("first report %q, want started", r)
+	}
+	poll(t, "the command is ready", func() bool { return exists(filepath.Join(dir, "ready")) })
+	fmt.Fprintf(p.control, "stop %d\nstop %d\n", syscall.SIGTERM, syscall.SIGTERM)
+	poll(t, "the command gets SIGTERM", func() bool { return exists(filepath.Join(dir, "got")) })
+	fmt.Fprintf(p.control, "signal %d\n", syscall.SIGINT)
+	if r := p.next(t); r != "exit 3" {
+		t.Fatalf("report %q, want exit 3 (the command's answer to SIGINT)", r)
+	}
+	got, _ := os.ReadFile(filepath.Join(dir, "got"))
+	if string(got) != "TERM\nINT\n" {
+		t.Fatalf("the command got %q, want one TERM, then one INT", got)
+	}
+}
