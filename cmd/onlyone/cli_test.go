@@ -39,6 +39,11 @@ func TestNoPasswordInTheCommandsEnvironment(t *testing.T) {
 	if err := os.WriteFile(file, []byte(withPassword+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	host, port, _ := strings.Cut(srv.Addr(), ":")
+	passfile := filepath.Join(t.TempDir(), "pgpass")
+	if err := os.WriteFile(passfile, []byte(host+":"+port+":*:"+user+":"+password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		what string
 		env  []string
@@ -48,6 +53,8 @@ func TestNoPasswordInTheCommandsEnvironment(t *testing.T) {
 		{"--database-url", nil, []string{"--database-url", withPassword}},
 		{"--database-url-file", nil, []string{"--database-url-file", file}},
 		{"PGPASSWORD", []string{"DATABASE_URL=" + srv.URLWith(user, "", ""), "PGPASSWORD=" + password}, nil},
+		{"PGPASSFILE", []string{"DATABASE_URL=" + srv.URLWith(user, "", ""), "PGPASSFILE=" + passfile}, nil},
+		{"PGHOST", []string{"DATABASE_URL=", "PGHOST=" + host, "PGPORT=" + port, "PGUSER=" + user, "PGPASSWORD=" + password, "PGDATABASE=postgres", "PGSSLMODE=disable"}, nil},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			args := append(append([]string{"run", "--name", uniqueName(t)}, tc.args...), "--", "sh", "-c", `env; cat /proc/$PPID/environ /proc/$PPID/cmdline | tr '\0' '\n'`)
