@@ -210,3 +210,21 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("onlyone version: exit %d, %q", code, out.String())
 	}
 }
+
+// A waiter says once that it waits, and for whom, however many wait
+// chunks pass.
+func TestWaiterSaysWhomItWaitsForOnce(t *testing.T) {
+	srv := pglocal.Shared(t)
+	dir, name := t.TempDir(), uniqueName(t)
+	a := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", name, "--identity", "node-a", "--", "sh", "-c", `touch "$D/a"; sleep 2.5`)
+	poll(t, "a's command starts", func() bool { return exists(filepath.Join(dir, "a")) })
+	b := start(t, srv.URL, nil, "run", "--name", name, "--", "true")
+	if code := b.wait(t); code != 0 {
+		t.Fatalf("b exited %d; stderr:\n%s", code, b.stderr.String())
+	}
+	a.wait(t)
+	logs := b.stderr.String()
+	if n := strings.Count(logs, `msg="supervise: waiting"`); n != 1 || !strings.Contains(logs, "holder=node-a") {
+		t.Fatalf("the waiter logged %d waiting lines, want 1 naming node-a:\n%s", n, logs)
+	}
+}

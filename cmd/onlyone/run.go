@@ -34,7 +34,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	every := fs.Duration("at-most-every", 0, "run the command at most once per `PERIOD` cluster-wide, whichever node comes first; the others exit 0 without running it")
 	table := fs.String("runs-table", once.DefaultTable, "the `TABLE` (optionally schema.table) that records the last run for --at-most-every; created on first use")
 	noWait := fs.Bool("no-wait", false, fmt.Sprintf("if another node holds the lock, exit %d at once instead of waiting", exitBusy))
-	identity := fs.String("identity", "", "this node's identity, shown by status (default: onlyone/HOSTNAME/PID)")
+	identity := fs.String("identity", "", "this node's `ID`, shown by status (default: onlyone/HOSTNAME/PID)")
 	quiet := fs.Bool("quiet", false, "log only warnings and errors")
 	verbose := fs.Bool("v", false, "log every transition (the default; kept for old scripts)")
 	fs.Usage = func() {
