@@ -11,6 +11,15 @@
 // The database URL comes from --database-url, --database-url-file or
 // DATABASE_URL. Run "onlyone help" or "onlyone COMMAND --help" for the
 // flags.
+//
+// The command runs under a watchdog, this binary re-executed, that kills
+// the command and everything it started when onlyone dies or stops
+// vouching for the lock (see watchdog.go for how, and for the arithmetic
+// that puts the kill before the server can grant the lock elsewhere).
+//
+// Exit statuses of onlyone itself: 1 an error, 2 bad usage, 3 status of a
+// free lock, 4 run --no-wait while another node holds the lock, 75 the
+// lock was lost and the command stopped; otherwise the command's.
 package main
 
 import (
