@@ -280,3 +280,41 @@ func TestSkewedNodesRunOnce(t *testing.T) {
 		})
 	}
 }
+
+// The per-tick use of the package doc: a scheduler fires every P on two
+// nodes, the second a little late; claiming with every = P/2, each tick
+// runs once, and the next tick runs again.
+func TestPerTick(t *testing.T) {
+	srv := shared(t)
+	ctx := context.Background()
+	db := open(t, "pgx", srv.URL)
+	g := &once.Ledger{DB: db, Table: unique("runs_")}
+	job := unique("tick-")
+	reg := memory.New()
+	const period = time.Second
+	claim := func() bool {
+		l := reg.Locker(job)
+		if err := l.Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer l.Release(ctx)
+		c, err := g.Claim(ctx, l, job, period/2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Won
+	}
+	tick := time.Now()
+	for i := 0; i < 3; i++ {
+		if i > 0 {
+			time.Sleep(time.Until(tick.Add(period))) // the scheduler's next tick
+			tick = time.Now()
+		}
+		first := claim()
+		time.Sleep(50 * time.Millisecond) // the late node's skew
+		second := claim()
+		if !first || second {
+			t.Fatalf("tick %d: the first node won %v, the late one %v; want only the first", i, first, second)
+		}
+	}
+}
