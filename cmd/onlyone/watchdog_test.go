@@ -320,3 +320,47 @@ func TestWatchdogStopDeliversOnce(t *testing.T) {
 		t.Fatalf("the command got %q, want one TERM, then one INT", got)
 	}
 }
+
+// ^C at the terminal reaches the foreground job, the command, not
+// onlyone; the watchdog tells onlyone, which stops instead of restarting.
+func TestInterruptFromTheTerminal(t *testing.T) {
+	srv := pglocal.Shared(t)
+	dir := t.TempDir()
+	master, tty := openPTY(t)
+	defer master.Close()
+	cmd := exec.Command(os.Args[0], "run", "--name", uniqueName(t), "--restart", "permanent", "--", "sh", "-c", `echo x >> "$D/runs"; exec sleep 300`)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "ONLYONE_CLI_UNDER_TEST=1", "DATABASE_URL="+srv.URL, "D="+dir)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close()
+	var out syncBuffer
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		_, _ = io.Copy(&out, master)
+	}()
+	poll(t, "the command starts", func() bool { return exists(filepath.Join(dir, "runs")) })
+	if _, err := master.Write([]byte{3}); err != nil { // ^C
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("onlyone did not stop on ^C; terminal output:\n%s", out.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 128+int(syscall.SIGINT) {
+		t.Errorf("exit %d, want %d (the command's, killed by SIGINT); terminal output:\n%s", code, 128+int(syscall.SIGINT), out.String())
+	}
+	if runs, _ := os.ReadFile(filepath.Join(dir, "runs")); string(runs) != "x\n" {
+		t.Errorf("the command ran %d times, want once: ^C stops the service", strings.Count(string(runs), "x"))
+	}
+	master.SetReadDeadline(time.Now().Add(5 * time.Second))
+	<-read
+}
