@@ -79,8 +79,10 @@ func TestFrozenWrapperCommandStopsBeforeTakeover(t *testing.T) {
 	}
 	frozen := time.Now()
 	defer syscall.Kill(w, syscall.SIGCONT)
+	poll(t, "a's command is stopped by its watchdog", func() bool { return !alive(pidA) || exists(filepath.Join(dir, "b")) })
+	dead := time.Since(frozen)
 	poll(t, "b's command starts", func() bool { return exists(filepath.Join(dir, "b")) })
-	t.Logf("b's command started %v after a's wrapper froze", time.Since(frozen).Round(time.Millisecond))
+	t.Logf("a's command was gone %v after its wrapper froze; b's command started %v after", dead.Round(time.Millisecond), time.Since(frozen).Round(time.Millisecond))
 	seen, _ := os.ReadFile(filepath.Join(dir, "a-seen-by-b"))
 	if i := bytes.LastIndexByte(seen, ')'); i > 0 && i+2 < len(seen) && seen[i+2] != 'Z' {
 		t.Fatalf("a's command still ran when b's started: /proc/%d/stat %q; a's stderr:\n%s", pidA, seen, a.stderr.String())
