@@ -47,10 +47,12 @@ func ExampleSupervisor_OnEvent() {
 	_ = s.Run(ctx, reg.Locker("relay"), relay)
 	fmt.Println(s.Status().State)
 	// Output:
+	// waiting
 	// acquired
 	// lost
 	// stopping
 	// child-exited
 	// released
+	// waiting
 	// stopped
 }

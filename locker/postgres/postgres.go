@@ -151,7 +151,7 @@ func (l *Locker) Acquire(ctx context.Context) error {
 	}
 	h, err := l.acquire(ctx)
 	if err != nil {
-		return err
+		return classify(err) // errors that retrying cannot cure match locker.ErrConfig (classify.go)
 	}
 	l.hold = h
 	l.mu.Lock()
