@@ -23,7 +23,7 @@
 //	                                            no longer vouched for), shutdown, child_exited
 //	onlyone_stuck_children_total{name}          counter: children that did not stop within ShutdownTimeout
 //	onlyone_restarts_total{name}                counter: children restarted by the restart policy
-//	onlyone_wait_seconds{name}                  histogram: from being without the lock to acquiring it
+//	onlyone_wait_seconds{name}                  histogram: from starting to wait for the lock to acquiring it
 //	onlyone_hold_seconds{name}                  histogram: from acquiring the lock to releasing it
 //
 // leader_election_master_status has the name, label and meaning of
@@ -33,9 +33,9 @@
 // the child may still be stopping.
 //
 // A lock counts as held, here as in package supervise, from a successful
-// Acquire until the loss or the release. The wait of the first acquisition
-// is counted from the Hook call (or the last release), so create the hook
-// just before Supervisor.Run.
+// Acquire until the loss or the release. A wait is counted from the
+// supervisor's first EventWaiting after it was without the lock (or from
+// the Hook call, if it reports none).
 package metrics
 
 import (
@@ -98,7 +98,7 @@ func New() *Collector {
 			Name: "onlyone_restarts_total", Help: "Children restarted by the restart policy.",
 		}, name),
 		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "onlyone_wait_seconds", Help: "Time from being without the lock to acquiring it.", Buckets: Buckets,
+			Name: "onlyone_wait_seconds", Help: "Time from starting to wait for the lock to acquiring it.", Buckets: Buckets,
 		}, name),
 		hold: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "onlyone_hold_seconds", Help: "Time from acquiring the lock to releasing it.", Buckets: Buckets,
@@ -148,6 +148,7 @@ type hook struct {
 
 	mu       sync.Mutex
 	without  time.Time // since when the supervisor has been without the lock
+	waiting  bool      // without was set by an EventWaiting
 	acquired time.Time // when the current hold began; zero when none
 	ended    bool      // the current hold's end was counted
 }
@@ -168,13 +169,17 @@ func (h *hook) record(e supervise.Event) {
 		at = time.Now()
 	}
 	switch e.Kind {
+	case supervise.EventWaiting:
+		if !h.waiting {
+			h.waiting, h.without = true, at
+		}
 	case supervise.EventAcquireFailed:
 		c.acquireErrs.WithLabelValues(name).Inc()
 	case supervise.EventAcquired:
 		c.master.WithLabelValues(name).Set(1)
 		c.acquired.WithLabelValues(name).Inc()
 		c.wait.WithLabelValues(name).Observe(at.Sub(h.without).Seconds())
-		h.acquired, h.ended = at, false
+		h.acquired, h.ended, h.waiting = at, false, false
 	case supervise.EventLost:
 		c.master.WithLabelValues(name).Set(0)
 		h.end(CauseLost)
@@ -191,7 +196,7 @@ func (h *hook) record(e supervise.Event) {
 		if !h.acquired.IsZero() {
 			c.hold.WithLabelValues(name).Observe(at.Sub(h.acquired).Seconds())
 		}
-		h.acquired, h.without = time.Time{}, at
+		h.acquired, h.without, h.waiting = time.Time{}, at, false
 	}
 }
 
