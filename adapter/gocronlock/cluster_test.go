@@ -21,6 +21,7 @@ import (
 
 	"github.com/onlyone-go/onlyone/adapter/gocronlock"
 	"github.com/onlyone-go/onlyone/adapter/internal/pgtest"
+	"github.com/onlyone-go/onlyone/adapter/leader"
 	"github.com/onlyone-go/onlyone/internal/pglocal"
 	"github.com/onlyone-go/onlyone/locker/postgres"
 )
@@ -79,7 +80,12 @@ func runNode(spec string) int {
 		opts = append(opts, gocron.WithDistributedElector(el))
 		task = el.Guard(say)
 	case "ticks":
-		opts = append(opts, gocron.WithDistributedLocker(&gocronlock.TickLocker{DB: db, Window: 500 * time.Millisecond}))
+		opts = append(opts, gocron.WithDistributedLocker(gocronlock.TickLocker{Ticks: &leader.Ticks{DB: db, Window: 500 * time.Millisecond}}))
+		task = say
+		campaign <- nil
+	case "runlock":
+		// What gocron users hand-roll: a lock held while the run lasts.
+		opts = append(opts, gocron.WithDistributedLocker(runLocker{db}))
 		task = say
 		campaign <- nil
 	}
@@ -250,6 +256,48 @@ func TestEveryTickOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestRunLockRunsTicksTwice is the control: with a lock held only while
+// a run lasts — the per-run locker gocron users write — a node whose tick
+// fires after the first node's run ended runs the tick again, and the
+// check above sees it.
+func TestRunLockRunsTicksTwice(t *testing.T) {
+	name := fmt.Sprintf("runlock-%d", time.Now().UnixNano())
+	c := startCluster(t, "runlock", "pgx", name)
+	runs := c.collect(5)
+	per := map[int64]int{}
+	for _, r := range runs {
+		per[tick(r.at)]++
+	}
+	twice := 0
+	for _, n := range per {
+		if n > 1 {
+			twice++
+		}
+	}
+	if twice == 0 {
+		t.Fatalf("every tick ran once with a per-run lock (%v): the cluster test could not tell", per)
+	}
+	t.Logf("with a per-run lock, %d of %d ticks ran more than once", twice, len(per))
+}
+
+// runLocker is a gocron.Locker holding a PostgreSQL lock while a run lasts.
+type runLocker struct{ db *sql.DB }
+
+func (r runLocker) Lock(ctx context.Context, key string) (gocron.Lock, error) {
+	l, err := postgres.New(r.db, key)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.Acquire(ctx); err != nil {
+		return nil, err
+	}
+	return runLock{l}, nil
+}
+
+type runLock struct{ l *postgres.Locker }
+
+func (r runLock) Unlock(ctx context.Context) error { return r.l.Release(ctx) }
 
 // checkOncePerTick fails t unless each second from the first run to the
 // last had exactly one run.

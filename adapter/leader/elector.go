@@ -1,30 +1,31 @@
-// Package gocronlock runs gocron v2 jobs on one node of a cluster, with
-// onlyone locks.
+// Package leader runs scheduled work on one node of a cluster, for the
+// scheduler adapters (adapter/gocronlock for gocron v2, adapter/cronlock
+// for robfig/cron v3) and for any scheduler of one's own. It needs only
+// packages locker, supervise, locker/postgres and once: no scheduler.
 //
-// It offers gocron's two distributed modes:
+// Two ways, for two needs:
 //
-//   - Elector (gocron.WithDistributedElector): one node leads, and only
-//     its scheduler runs jobs. Leadership is an onlyone Locker held by a
-//     supervisor (package supervise), so it is taken over in milliseconds
-//     when the leader dies, and IsLeader answers nil only while the lock
-//     is held and vouched for.
-//   - Locker (gocron.WithDistributedLocker): every node's scheduler fires,
-//     and each tick runs on the first node to claim it; the others find
-//     the tick claimed and skip it. Claims are recorded by package once,
-//     under a PostgreSQL lock, by the server's clock.
+//   - An Elector: one node leads, and only its scheduler runs jobs.
+//     Leadership is an onlyone Locker held by a supervisor (package
+//     supervise), so it is taken over in milliseconds when the leader
+//     dies, and IsLeader answers nil only while the lock is held and
+//     vouched for (locker.VouchedUntil).
+//   - A Ticks claimer: every node's scheduler fires, and each tick runs on
+//     the first node to claim it; the others find the tick claimed and
+//     skip it. Claims are recorded by package once, under a PostgreSQL
+//     lock, by the server's clock.
 //
-// # Stopping a job when leadership is lost
+// # Stopping a run when leadership is lost
 //
-// gocron asks the Elector only before a run; it has no way to stop a run
-// once started, and cancelling the job's context (gocron.WithContext)
-// stops all its future runs too. So the Elector offers Guard: a task
-// wrapped by it gets a context that is cancelled the moment the lock is
-// lost, and the supervisor waits for guarded runs to return (up to its
+// A scheduler asks "do I lead?" only before a run. Elector.Guard wraps a
+// task so that its context is cancelled the moment the lock is lost, and
+// the supervisor waits for guarded runs to return (up to its
 // ShutdownTimeout, within the Locker's grace) before it releases the
-// lock — the same promise as for any supervised child: the next leader's
+// lock: the same promise as for any supervised child — the next leader's
 // runs never overlap this one's, and a run that does not stop in time
-// terminates the process. Unguarded tasks are not waited for.
-package gocronlock
+// terminates the process (supervise.Terminate). Unguarded tasks are
+// neither cancelled nor waited for.
+package leader
 
 import (
 	"context"
@@ -33,42 +34,39 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-co-op/gocron/v2"
-
 	"github.com/onlyone-go/onlyone/locker"
 	"github.com/onlyone-go/onlyone/supervise"
 )
 
 // ErrNotLeader is matched by the error IsLeader returns on a node that
 // does not lead, and by the error of a guarded task started there.
-var ErrNotLeader = errors.New("gocronlock: not the leader")
+var ErrNotLeader = errors.New("leader: not the leader")
 
-// An Elector is a gocron.Elector backed by an onlyone Locker: the node
-// whose Elector holds the lock leads. Run campaigns; IsLeader is what
-// gocron asks before each run. Its methods may be called from any
-// goroutine.
+// An Elector elects a leader with an onlyone Locker: the node whose
+// Elector holds the lock leads. Run campaigns; IsLeader is what a
+// scheduler asks before each run (it is gocron's Elector interface). Its
+// methods may be called from any goroutine.
 type Elector struct {
 	l locker.Locker
 	s *supervise.Supervisor
 
 	mu      sync.Mutex
 	leading context.Context // the hold's context while leading; nil otherwise
+	elected chan struct{}   // closed when the node next starts leading
 	runs    sync.WaitGroup  // guarded runs under the current hold
 	now     func() time.Time
 }
 
-var _ gocron.Elector = (*Elector)(nil)
-
 // NewElector returns an Elector that campaigns with l under the
 // supervisor s (nil means a zero Supervisor: its defaults). Set s's
 // ShutdownTimeout to bound how long a guarded run may take to stop, and
-// its OnEvent to follow leadership (see adapter/metrics). The Elector
-// replaces nothing in s but runs its child; use one Supervisor per Elector.
+// its OnEvent to follow leadership (see adapter/metrics). Use one
+// Supervisor per Elector.
 func NewElector(l locker.Locker, s *supervise.Supervisor) *Elector {
 	if s == nil {
 		s = new(supervise.Supervisor)
 	}
-	return &Elector{l: l, s: s, now: time.Now}
+	return &Elector{l: l, s: s, now: time.Now, elected: make(chan struct{})}
 }
 
 // Run campaigns for leadership until ctx ends: it acquires the lock,
@@ -84,10 +82,12 @@ func (e *Elector) Run(ctx context.Context) error {
 func (e *Elector) lead(ctx context.Context) error {
 	e.mu.Lock()
 	e.leading = ctx
+	close(e.elected)
 	e.mu.Unlock()
 	<-ctx.Done()
 	e.mu.Lock()
 	e.leading = nil // no run starts from now on
+	e.elected = make(chan struct{})
 	e.mu.Unlock()
 	e.runs.Wait()
 	return nil
@@ -101,6 +101,25 @@ func (e *Elector) IsLeader(context.Context) error {
 	defer e.mu.Unlock()
 	_, err := e.hold()
 	return err
+}
+
+// WaitLeader blocks until this node leads (IsLeader would return nil) or
+// ctx is done, and returns nil or ctx's error.
+func (e *Elector) WaitLeader(ctx context.Context) error {
+	for {
+		e.mu.Lock()
+		_, err := e.hold()
+		elected := e.elected
+		e.mu.Unlock()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-elected:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // hold returns the current hold's context, if the node leads. e.mu is
@@ -120,8 +139,9 @@ func (e *Elector) hold() (context.Context, error) {
 	return e.leading, nil
 }
 
-// Guard wraps a gocron task so that it runs only on the leader and stops
-// when leadership ends: its ctx is gocron's job context, also cancelled
+// Guard wraps a task so that it runs only on the leader and stops
+// when leadership ends: its ctx is the one the wrapper is called with,
+// also cancelled
 // the moment the lock is lost, and the supervisor waits for it before it
 // releases the lock. On a node that does not lead, the task does not run
 // and the wrapper returns an error matching ErrNotLeader.
