@@ -14,6 +14,10 @@ demo:
 # that breaks one fails make test.
 MODULES := locker/etcd adapter/gocronlock adapter/cronlock adapter/metrics
 
+# README_MODULES are README.md's programs that use the adapters; go vet
+# compiles them (examples/readme keeps them equal to the README's text).
+README_MODULES := examples/readme/gocron examples/readme/cron examples/readme/asynq examples/readme/prometheus
+
 # test runs every test of the core and of every module, PostgreSQL ones
 # included (they start a throwaway server when PostgreSQL binaries are
 # installed; see README.md), and the etcd backend's against a real etcd.
@@ -21,10 +25,10 @@ test: vet vet-modules core-deps
 	$(GO) test -race -count=1 ./...
 	set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && $(GO) test -race -count=1 ./...); done
 
-# vet-modules vets every module of its own, bench included, and checks
-# that their go.mod and go.sum are tidy.
+# vet-modules vets every module of its own, bench and README's programs
+# included, and checks that their go.mod and go.sum are tidy.
 vet-modules:
-	set -e; for m in $(MODULES) bench; do echo "== vet $$m"; (cd $$m && $(GO) vet ./... && $(GO) mod tidy -diff); done
+	set -e; for m in $(MODULES) $(README_MODULES) bench; do echo "== vet $$m"; (cd $$m && $(GO) vet ./... && $(GO) mod tidy -diff); done
 
 # core-deps fails if the core module depends, even indirectly, on what only
 # the modules above may use.
