@@ -68,7 +68,7 @@
 //
 // # Costs
 //
-// A hold costs one watch, one lease renewal per HeartbeatInterval and a
-// goroutine. A waiter watches one key, so a release wakes exactly one
-// waiter.
+// A hold costs one watch, one lease renewal per HeartbeatInterval and
+// three goroutines. A waiter watches only the key just older than its own,
+// not the whole prefix.
 package etcd

@@ -290,14 +290,11 @@ func (l *Locker) VouchedUntil() time.Time {
 func (l *Locker) Acquire(ctx context.Context) error {
 	l.op.Lock()
 	defer l.op.Unlock()
-	l.mu.Lock()
-	h := l.hold
-	l.mu.Unlock()
-	if h != nil && !h.released {
+	if h := l.current(); h != nil {
 		if h.Err() == nil {
 			return locker.ErrHeld
 		}
-		l.endHold(h, h.Err())
+		l.endHold(h, h.Err()) // lost, not yet released
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("etcd: acquiring %s: %w", l.name, err)
@@ -464,6 +461,16 @@ func (l *Locker) waitDelete(ctx context.Context, sess *concurrency.Session, key 
 	return errors.New("the watch ended")
 }
 
+// current returns the hold that has not been released, if any.
+func (l *Locker) current() *hold {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.hold == nil || l.hold.released {
+		return nil
+	}
+	return l.hold
+}
+
 // endHold stops h's goroutines and records why the Locker does not hold.
 func (l *Locker) endHold(h *hold, why error) {
 	h.halt()
@@ -481,10 +488,7 @@ func (l *Locker) endHold(h *hold, why error) {
 func (l *Locker) Release(ctx context.Context) error {
 	l.op.Lock()
 	defer l.op.Unlock()
-	l.mu.Lock()
-	h := l.hold
-	l.mu.Unlock()
-	if h != nil && !h.released {
+	if h := l.current(); h != nil {
 		l.endHold(h, locker.ErrNotHeld)
 	}
 	if err := l.cleanUp(ctx); err != nil {
