@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,5 +98,49 @@ func waitEvent(t *testing.T, ch <-chan supervise.Event, kind supervise.EventKind
 		case <-timeout:
 			t.Fatalf("no %v within 10s", kind)
 		}
+	}
+}
+
+// unvouched is a held lock whose backend no longer vouches for it: its
+// VouchedUntil has passed, though Lost is still open (a heartbeat late).
+type unvouched struct {
+	*memory.Locker
+	past atomic.Bool
+}
+
+func (u *unvouched) VouchedUntil() time.Time {
+	if u.past.Load() {
+		return time.Now().Add(-time.Millisecond)
+	}
+	return time.Now().Add(time.Hour)
+}
+
+// TestIsLeaderNeedsVouching: IsLeader says no once the backend's vouched-for
+// moment has passed, even before Lost closes.
+func TestIsLeaderNeedsVouching(t *testing.T) {
+	l := &unvouched{Locker: memory.New().Locker("vouch")}
+	el := leader.NewElector(l, &supervise.Supervisor{Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- el.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := el.WaitLeader(wctx); err != nil {
+		t.Fatalf("WaitLeader = %v", err)
+	}
+	l.past.Store(true)
+	if err := el.IsLeader(ctx); !errors.Is(err, leader.ErrNotLeader) {
+		t.Fatalf("IsLeader with the hold no longer vouched for = %v, want ErrNotLeader", err)
+	}
+	select {
+	case <-l.Lost():
+		t.Fatal("Lost closed: the test wants the window before it does")
+	default:
 	}
 }
