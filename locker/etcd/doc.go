@@ -69,6 +69,6 @@
 // # Costs
 //
 // A hold costs one watch, one lease renewal per HeartbeatInterval and
-// three goroutines. A waiter watches only the key just older than its own,
+// four goroutines. A waiter watches only the key just older than its own,
 // not the whole prefix.
 package etcd
