@@ -8,20 +8,28 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 
 	"github.com/onlyone-go/onlyone/locker"
 	"github.com/onlyone-go/onlyone/locker/etcd"
 	"github.com/onlyone-go/onlyone/locker/lockertest"
 )
 
-// newClient returns a client of the test server, closed when t ends.
+// newClient returns a client of the test server, closed when t ends. It
+// has made one request already: gRPC connects lazily, and the
+// connection's goroutines must not count as a property's leaks.
 func newClient(t testing.TB, ep string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Get(ctx, "onlyone-test-warm-up"); err != nil {
+		t.Fatal(err)
+	}
 	return cli
 }
 
