@@ -1,17 +1,40 @@
 # The Go toolchain: the one on PATH, else the usual install location.
 GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 
-.PHONY: demo test vet chaos bench
+.PHONY: demo test vet vet-modules core-deps chaos bench
 
 # demo tells the story: three nodes, a crash, a deploy, measured takeovers.
 # It starts a throwaway PostgreSQL (or uses DATABASE_URL) and removes it.
 demo:
 	$(GO) run ./examples/demo
 
-# test runs every test, PostgreSQL ones included (they start a throwaway
-# server when PostgreSQL binaries are installed; see README.md).
-test: vet
+# MODULES have a go.mod of their own, so that the core module never gains
+# their dependencies (etcd, gocron, robfig/cron, Prometheus). Each builds
+# against the core in this tree (a replace directive), so a core change
+# that breaks one fails make test.
+MODULES := locker/etcd adapter/gocronlock adapter/cronlock adapter/metrics
+
+# README_MODULES are README.md's programs that use the adapters; go vet
+# compiles them (examples/readme keeps them equal to the README's text).
+README_MODULES := examples/readme/gocron examples/readme/cron examples/readme/asynq examples/readme/prometheus
+
+# test runs every test of the core and of every module, PostgreSQL ones
+# included (they start a throwaway server when PostgreSQL binaries are
+# installed; see README.md), and the etcd backend's against a real etcd.
+test: vet vet-modules core-deps
 	$(GO) test -race -count=1 ./...
+	set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && $(GO) test -race -count=1 ./...); done
+
+# vet-modules vets every module of its own, bench and README's programs
+# included, and checks that their go.mod and go.sum are tidy.
+vet-modules:
+	set -e; for m in $(MODULES) $(README_MODULES) bench; do echo "== vet $$m"; (cd $$m && $(GO) vet ./... && $(GO) mod tidy -diff); done
+
+# core-deps fails if the core module depends, even indirectly, on what only
+# the modules above may use.
+core-deps:
+	@if $(GO) mod graph | grep -E 'go-co-op/gocron|robfig/cron|go\.etcd\.io/etcd|prometheus/client_golang'; then \
+		echo "core-deps: the core module depends on an adapter's dependency (above)"; exit 1; fi
 
 vet:
 	$(GO) vet ./...

@@ -5,15 +5,25 @@
 // Usage:
 //
 //	onlyone run --name NAME [flags] -- COMMAND [ARGS...]
-//	onlyone status --name NAME [flags]
+//	onlyone status --name NAME [--json]
+//	onlyone version
 //
-// The database URL comes from --database-url or DATABASE_URL. Run
-// "onlyone help" or "onlyone COMMAND --help" for the flags.
+// The database URL comes from --database-url, --database-url-file or
+// DATABASE_URL. Run "onlyone help" or "onlyone COMMAND --help" for the
+// flags.
+//
+// The command runs under a watchdog, this binary re-executed, that kills
+// the command and everything it started when onlyone dies or stops
+// vouching for the lock (see watchdog.go for how, and for the arithmetic
+// that puts the kill before the server can grant the lock elsewhere).
+//
+// Exit statuses of onlyone itself: 1 an error, 2 bad usage, 3 status of a
+// free lock, 4 run --no-wait while another node holds the lock, 75 the
+// lock was lost and the command stopped; otherwise the command's.
 package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +35,8 @@ import (
 const (
 	exitError = 1  // an error: the server could not be reached, the command could not start
 	exitUsage = 2  // bad flags or arguments
+	exitFree  = 3  // status: nobody holds the lock
+	exitBusy  = 4  // run --no-wait: another node holds the lock; the command did not run
 	exitLost  = 75 // the lock was lost and the command stopped (EX_TEMPFAIL)
 )
 
@@ -35,12 +47,18 @@ Usage:
       Wait for the lock called NAME, run COMMAND while it is held, and exit
       with its exit status. The command is stopped (SIGTERM, then SIGKILL
       after --shutdown-timeout) when the lock is lost or onlyone is told to
-      stop. With --restart the command is restarted as a supervised service.
+      stop. With --restart the command is restarted as a supervised service;
+      with --at-most-every it runs at most once per period cluster-wide.
 
-  onlyone status --name NAME [flags]
-      Show who holds the lock called NAME.
+  onlyone status --name NAME [--json]
+      Show who holds the lock called NAME. Exit status 0 when it is held,
+      3 when it is free.
 
-The database URL is --database-url, or the DATABASE_URL environment variable.
+  onlyone version
+      Show onlyone's version.
+
+The database URL is --database-url, --database-url-file, or the DATABASE_URL
+environment variable; PG* variables and a password file (PGPASSFILE) work too.
 Run "onlyone COMMAND --help" for the flags of a command.
 `
 
@@ -59,23 +77,16 @@ func cli(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return run(ctx, args[1:], stdout, stderr)
 	case "status":
 		return status(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		return version(stdout)
+	case watchdogCommand:
+		return watchdogMain(args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
 	fmt.Fprintf(stderr, "onlyone: unknown command %q\n\n%s", args[0], usage)
 	return exitUsage
-}
-
-// databaseURL returns the flag's value, or DATABASE_URL.
-func databaseURL(flag string) (string, error) {
-	if flag != "" {
-		return flag, nil
-	}
-	if u := os.Getenv("DATABASE_URL"); u != "" {
-		return u, nil
-	}
-	return "", errors.New("no database: set --database-url or DATABASE_URL")
 }
 
 // redactor hides a password in error messages.

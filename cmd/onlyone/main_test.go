@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,9 +33,28 @@ func TestMain(m *testing.M) {
 // wrapper is one onlyone process.
 type wrapper struct {
 	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
+	stdout, stderr syncBuffer
 	done           chan struct{}
 	err            error
+}
+
+// syncBuffer is a bytes.Buffer that a test may read while a process
+// writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // start runs onlyone with args against the shared server.
@@ -44,6 +64,7 @@ func start(t *testing.T, url string, env []string, args ...string) *wrapper {
 	// GORACE: a race-enabled binary otherwise sleeps 1s at exit.
 	w.cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0", "ONLYONE_CLI_UNDER_TEST=1", "DATABASE_URL="+url), env...)
 	w.cmd.Stdout, w.cmd.Stderr = &w.stdout, &w.stderr
+	w.cmd.WaitDelay = 10 * time.Second // should a descendant keep the output open
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -295,13 +316,13 @@ func TestStatus(t *testing.T) {
 	srv := pglocal.Shared(t)
 	dir, name := t.TempDir(), uniqueName(t)
 	st := start(t, srv.URL, nil, "status", "--name", name)
-	if code := st.wait(t); code != 0 || !strings.Contains(st.stdout.String(), name+": free, 0 waiting") {
+	if code := st.wait(t); code != exitFree || !strings.Contains(st.stdout.String(), name+": free, 0 waiting") {
 		t.Fatalf("status of a free lock: exit %d, %q %q", code, st.stdout.String(), st.stderr.String())
 	}
 	w := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", name, "--identity", "node-b", "--", "sh", "-c", `touch "$D/started"; exec sleep 60`)
 	poll(t, "the command starts", func() bool { return exists(filepath.Join(dir, "started")) })
 	st = start(t, srv.URL, nil, "status", "--name", name)
-	if code := st.wait(t); code != 0 || !strings.Contains(st.stdout.String(), "held by node-b (backend pid ") {
+	if code := st.wait(t); code != 0 || !strings.Contains(st.stdout.String(), "held by node-b (role ") {
 		t.Fatalf("status of a held lock: exit %d, %q %q", code, st.stdout.String(), st.stderr.String())
 	}
 	w.signal(t, syscall.SIGTERM)
@@ -352,7 +373,7 @@ func TestBadUsage(t *testing.T) {
 		}
 	}
 	var out bytes.Buffer
-	if code := cli(context.Background(), []string{"run", "--help"}, &out, &out); code != 0 || !strings.Contains(out.String(), "shutdown-timeout duration") {
+	if code := cli(context.Background(), []string{"run", "--help"}, &out, &out); code != 0 || !strings.Contains(out.String(), "--shutdown-timeout duration") {
 		t.Errorf("run --help: exit %d, %q", code, out.String())
 	}
 }

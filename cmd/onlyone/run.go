@@ -6,42 +6,48 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strconv"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/onlyone-go/onlyone/locker"
 	"github.com/onlyone-go/onlyone/locker/postgres"
+	"github.com/onlyone-go/onlyone/once"
 	"github.com/onlyone-go/onlyone/supervise"
 )
 
-// killWait is how long onlyone waits for a SIGKILLed command to be reaped;
-// it is added to --shutdown-timeout for the lock's grace.
+// killWait bounds how long killing and reaping every descendant takes
+// after SIGKILL; it is added to --shutdown-timeout for the lock's grace.
 const killWait = time.Second
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("onlyone run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("name", "", "the lock's `NAME` (required); every node of the job uses the same")
-	dbURL := fs.String("database-url", "", "PostgreSQL `URL` (default: $DATABASE_URL)")
+	dbURL := fs.String("database-url", "", "PostgreSQL `URL` (default: $DATABASE_URL); visible to local users in argv, prefer the two below")
+	dbURLFile := fs.String("database-url-file", "", "read the PostgreSQL URL from `FILE`")
 	shutdown := fs.Duration("shutdown-timeout", 5*time.Second, "how long the command has to exit after SIGTERM before SIGKILL")
 	restart := fs.String("restart", "", "restart the command when it exits: `POLICY` permanent (always) or transient (after a failure); default: run it once")
-	identity := fs.String("identity", "", "this node's identity, shown by status (default: onlyone/HOSTNAME/PID)")
-	verbose := fs.Bool("v", false, "log every transition to stderr")
+	every := fs.Duration("at-most-every", 0, "run the command at most once per `PERIOD` cluster-wide, whichever node comes first; the others exit 0 without running it")
+	table := fs.String("runs-table", once.DefaultTable, "the `TABLE` (optionally schema.table) that records the last run for --at-most-every; created on first use")
+	noWait := fs.Bool("no-wait", false, fmt.Sprintf("if another node holds the lock, exit %d at once instead of waiting", exitBusy))
+	identity := fs.String("identity", "", "this node's `ID`, shown by status (default: onlyone/HOSTNAME/PID)")
+	quiet := fs.Bool("quiet", false, "log only warnings and errors")
+	verbose := fs.Bool("v", false, "log every transition (the default; kept for old scripts)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: onlyone run --name NAME [flags] -- COMMAND [ARGS...]\n\n"+
-			"Runs COMMAND while this node holds the lock NAME, in its own process group, without a shell.\n"+
+			"Runs COMMAND while this node holds the lock NAME, without a shell, under a watchdog\n"+
+			"that kills the command and everything it started if onlyone dies or freezes.\n"+
 			"The command gets ONLYONE_NAME, ONLYONE_IDENTITY, ONLYONE_LOCK_KEY and ONLYONE_FENCING_TOKEN\n"+
-			"in its environment.\n"+
-			"SIGINT, SIGTERM and SIGHUP are forwarded to it; onlyone exits with its exit status,\n"+
-			"%d if the lock was lost (the command was stopped), %d on bad usage, %d on other errors.\n\nFlags:\n", exitLost, exitUsage, exitError)
-		fs.PrintDefaults()
+			"in its environment, and no database password (PGPASSWORD is removed, DATABASE_URL loses\n"+
+			"its password). SIGINT, SIGTERM and SIGHUP are delivered to it once each.\n"+
+			"Exit status: the command's; %d if the lock was lost (the command was stopped); %d with\n"+
+			"--no-wait when another node holds the lock; %d on bad usage; %d on other errors.\n\nFlags:\n",
+			exitLost, exitBusy, exitUsage, exitError)
+		printFlags(fs.Output(), fs)
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -49,6 +55,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return exitUsage
 	}
+	_ = verbose
 	command := fs.Args()
 	policy, perr := restartPolicy(*restart)
 	switch {
@@ -60,24 +67,39 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "--shutdown-timeout must be positive")
 	case perr != nil:
 		return usageError(stderr, perr.Error())
+	case *every < 0:
+		return usageError(stderr, "--at-most-every must be positive")
+	case *every > 0 && policy != supervise.Temporary:
+		return usageError(stderr, "--at-most-every runs a job once per period; it cannot be combined with --restart")
 	}
-	url, err := databaseURL(*dbURL)
+	url, warn, err := databaseURL(*dbURL, *dbURLFile)
 	if err != nil {
 		return usageError(stderr, err.Error())
 	}
-
-	level := slog.LevelWarn
-	if *verbose {
-		level = slog.LevelInfo
-	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-
-	db, red, err := openDB(ctx, url)
+	db, red, err := openDB(url)
 	if err != nil {
 		fmt.Fprintf(stderr, "onlyone: %v\n", err)
 		return exitError
 	}
 	defer db.Close()
+	level := slog.LevelInfo
+	if *quiet {
+		level = slog.LevelWarn
+	}
+	logger := newLogger(stderr, level, red)
+	if warn != "" {
+		logger.Warn(warn)
+	}
+	if err := reach(ctx, db, red); err != nil {
+		if policy == supervise.Temporary {
+			fmt.Fprintf(stderr, "onlyone: %v\n", err)
+			return exitError
+		}
+		// A service: the database may come back; the supervisor retries
+		// with backoff and logs every failure.
+		logger.Warn("the database cannot be reached; retrying with backoff (--restart)", "err", err)
+	}
+
 	opts := []postgres.Option{postgres.WithGrace(*shutdown + killWait), postgres.WithLogger(logger)}
 	if *identity != "" {
 		opts = append(opts, postgres.WithIdentity(*identity))
@@ -87,38 +109,58 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, red.Err(err))
 	}
 
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var lock locker.Locker = l
+	if *noWait {
+		lock = &noWaitLocker{Locker: l, busy: cancel}
+	}
 	c := &commandRunner{
 		args:     command,
-		env:      append(os.Environ(), "ONLYONE_NAME="+*name, "ONLYONE_IDENTITY="+l.Identity(), "ONLYONE_LOCK_KEY="+strconv.FormatInt(l.Key(), 10)),
+		env:      commandEnv(os.Environ(), "ONLYONE_NAME="+*name, "ONLYONE_IDENTITY="+l.Identity(), "ONLYONE_LOCK_KEY="+strconv.FormatInt(l.Key(), 10)),
 		shutdown: *shutdown,
 		stdout:   stdout,
 		stderr:   stderr,
+		lock:     lock,
+		name:     *name,
+		stop:     func() { cancel(nil) },
 		stopSig:  syscall.SIGTERM,
+		tty:      foregroundTTY(),
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	if *every > 0 {
+		c.every, c.ledger = *every, &once.Ledger{DB: db, Table: *table}
+	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
+	sigDone := make(chan struct{})
 	go func() {
+		defer close(sigDone)
 		for {
 			select {
 			case sig := <-sigs:
-				c.signal(sig.(syscall.Signal), cancel)
+				c.signal(sig.(syscall.Signal))
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
+	defer func() { cancel(nil); <-sigDone }()
 
 	sup := &supervise.Supervisor{
 		Restart:         policy,
 		ShutdownTimeout: *shutdown + killWait,
 		Logger:          logger,
 	}
-	err = sup.Run(ctx, l, c.run)
-	var ce *commandError
+	err = sup.Run(ctx, lock, c.run)
+	var (
+		ce   *commandError
+		busy *busyError
+	)
 	switch {
+	case errors.As(context.Cause(ctx), &busy):
+		fmt.Fprintf(stderr, "onlyone: %s: not running the command (--no-wait)\n", busy)
+		return exitBusy
 	case errors.As(err, &ce):
 		if ce.code < 0 {
 			fmt.Fprintf(stderr, "onlyone: %s\n", ce.msg)
@@ -152,124 +194,30 @@ func restartPolicy(s string) (supervise.RestartPolicy, error) {
 	return 0, fmt.Errorf("--restart %q: want permanent or transient", s)
 }
 
-// commandRunner runs the command as the supervisor's child.
-type commandRunner struct {
-	args     []string
-	env      []string
-	shutdown time.Duration
-	stdout   io.Writer
-	stderr   io.Writer
-
-	mu      sync.Mutex
-	pgid    int            // the running command's process group, or 0
-	stopSig syscall.Signal // what stops the command: SIGTERM, or the signal onlyone got
-	code    *int           // the last exit status, once the command has run
-}
-
-// A commandError is the command's failure: its exit status, or a failure
-// to start it (code < 0).
-type commandError struct {
-	code int
-	msg  string
-}
-
-func (e *commandError) Error() string { return e.msg }
-
-// signal handles a signal sent to onlyone: SIGHUP is passed on; SIGINT and
-// SIGTERM are passed on and stop the whole run.
-func (c *commandRunner) signal(sig syscall.Signal, stop func()) {
-	c.mu.Lock()
-	pgid := c.pgid
-	if sig != syscall.SIGHUP {
-		c.stopSig = sig
-	}
-	c.mu.Unlock()
-	if pgid != 0 {
-		_ = syscall.Kill(-pgid, sig)
-	}
-	if sig != syscall.SIGHUP {
-		stop()
-	}
-}
-
-// run starts the command in its own process group and waits for it; when
-// ctx ends it stops the group: the stop signal, then SIGKILL after the
-// shutdown timeout. Whatever is left of the group is killed when the
-// command exits, so nothing it started outlives the lock.
-func (c *commandRunner) run(ctx context.Context) error {
-	cmd := exec.Command(c.args[0], c.args[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.stdout, c.stderr
-	cmd.Env = c.env
-	if tok, ok := supervise.Token(ctx); ok {
-		cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], "ONLYONE_FENCING_TOKEN="+strconv.FormatUint(tok, 10))
-	}
-	// Pdeathsig: if onlyone is SIGKILLed, the kernel kills the command.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		code := -1 // the shell's convention otherwise: 127 not found, 126 not executable
-		switch {
-		case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
-			code = 127
-		case errors.Is(err, fs.ErrPermission):
-			code = 126
-		}
-		if code > 0 {
-			fmt.Fprintf(c.stderr, "onlyone: cannot start %q: %v\n", c.args[0], err)
-		}
-		return &commandError{code: code, msg: fmt.Sprintf("cannot start %q: %v", c.args[0], err)}
-	}
-	pgid := cmd.Process.Pid
-	c.mu.Lock()
-	c.pgid = pgid
-	c.mu.Unlock()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		c.mu.Lock()
-		sig := c.stopSig
-		c.mu.Unlock()
-		_ = syscall.Kill(-pgid, sig)
-		select {
-		case err = <-done:
-		case <-time.After(c.shutdown):
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-			err = <-done
-		}
-	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL) // stragglers of the group
-	c.mu.Lock()
-	c.pgid = 0
-	code := exitCode(cmd.ProcessState)
-	c.code = &code
-	c.mu.Unlock()
-	if code != 0 {
-		return &commandError{code: code, msg: fmt.Sprintf("%s: %v", c.args[0], err)}
-	}
-	return nil
-}
-
-// lastCode is onlyone's exit status after a shutdown: the command's last
-// exit status, or 128+signal if it never ran.
-func (c *commandRunner) lastCode(ctx context.Context) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.code != nil {
-		return *c.code
-	}
-	if ctx.Err() != nil {
-		return 128 + int(c.stopSig)
-	}
-	return 0
-}
-
-// exitCode is the shell's convention: the exit status, or 128+signal.
-func exitCode(ps *os.ProcessState) int {
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return ps.ExitCode()
+// newLogger is the text logger of the CLI: no err=<nil> or delay=0s on
+// lines that have none, lock names unquoted, no password.
+func newLogger(w io.Writer, level slog.Level, red redactor) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: level,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			v := a.Value.Resolve()
+			switch {
+			case v.Kind() == slog.KindAny && v.Any() == nil:
+				return slog.Attr{}
+			case v.Kind() == slog.KindDuration && v.Duration() == 0 && a.Key == "delay":
+				return slog.Attr{}
+			case a.Key == "lock" && v.Kind() == slog.KindString:
+				if s, err := strconv.Unquote(v.String()); err == nil {
+					return slog.String(a.Key, s)
+				}
+			case v.Kind() == slog.KindAny:
+				if err, ok := v.Any().(error); ok {
+					return slog.String(a.Key, red.Err(err))
+				}
+			case v.Kind() == slog.KindString:
+				return slog.String(a.Key, red.String(v.String()))
+			}
+			return a
+		},
+	}))
 }

@@ -43,6 +43,8 @@ func contender(system, endpoint, name, id string) int {
 		err = etcdContender(ctx, endpoint, name, id, 60)
 	case "etcd-2s":
 		err = etcdContender(ctx, endpoint, name, id, 2)
+	case "etcd-onlyone":
+		err = etcdOnlyoneContender(ctx, endpoint, name, id)
 	default:
 		err = fmt.Errorf("unknown system %q", system)
 	}

@@ -1,0 +1,362 @@
+package main
+
+// The watchdog: a small process of onlyone's own (this binary, re-executed
+// with the hidden subcommand watchdogCommand) between the wrapper and the
+// command. It is the dead man's switch that keeps the command's whole
+// process tree from outliving the lock, whatever happens to the wrapper:
+//
+//   - It leads the command's process group and is a child subreaper
+//     (PR_SET_CHILD_SUBREAPER): a daemon that double-forks or calls setsid
+//     leaves the group but stays its descendant, so it can be found and
+//     killed.
+//   - It learns of the wrapper's death at once: the control pipe closes
+//     (the kernel closes it when the wrapper dies, however), and a
+//     parent-death signal (SIGUSR2) arrives. Either way it SIGKILLs every
+//     descendant at once: the server frees a dead wrapper's lock at once.
+//   - It holds a deadline that only the wrapper extends, after each
+//     heartbeat that succeeded, to the moment the lock is vouched for
+//     (locker.VouchedUntil). A frozen or stuck wrapper stops extending it;
+//     at the deadline the watchdog stops the command as the wrapper would
+//     after a loss: SIGTERM, then SIGKILL to every descendant after the
+//     shutdown timeout.
+//
+// The arithmetic of the last case, with the postgres backend: the deadline
+// D is VouchedUntil = (send time of the last good heartbeat) + LossTimeout.
+// Every descendant is dead by D + ShutdownTimeout + the time to kill and
+// reap (under killWait) ≤ D + Grace, since the wrapper sets Grace =
+// ShutdownTimeout + killWait. The server ends the silent session, and
+// frees the lock, no earlier than (that send time) + SessionTimeout =
+// D - LossTimeout + LossTimeout + Grace + Margin = D + Grace + Margin,
+// with Margin ≥ 1s (postgres.MinMargin). So the command is gone a margin
+// before anyone else can be granted the lock.
+//
+// Control messages, wrapper to watchdog, one a line on fd 3:
+//
+//	deadline N   kill by CLOCK_MONOTONIC time N (ns); 0: no deadline
+//	signal N     deliver signal N to the command's group
+//	stop N       deliver N to the group (unless a stop signal was already
+//	             delivered), then SIGKILL every descendant after the
+//	             shutdown timeout
+//
+// Reports, watchdog to wrapper, on fd 4:
+//
+//	started PID  the command runs
+//	signal N     the watchdog itself got stop signal N (a terminal's ^C
+//	             reaches the foreground group, not the wrapper): the
+//	             command got it too
+//	expired      the deadline passed: the lock is no longer vouched for
+//	exit CODE    the command exited with CODE (128+N for signal N) and
+//	             every descendant is gone
+//	error CODE MESSAGE   the command could not be started
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// watchdogCommand is the hidden subcommand that runs the watchdog.
+const watchdogCommand = "__watchdog"
+
+// The watchdog's pipes, as numbered in its process.
+const (
+	controlFD = 3
+	reportFD  = 4
+)
+
+// deathSignal is the watchdog's parent-death signal: one it can catch.
+const deathSignal = syscall.SIGUSR2
+
+// monoNow returns CLOCK_MONOTONIC, which every process of the machine
+// shares and no clock adjustment moves.
+func monoNow() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(err) // cannot fail on Linux
+	}
+	return ts.Nano()
+}
+
+// watchdogMain runs the watchdog and returns its exit status: 0 when it
+// reported the command's fate, 1 otherwise.
+func watchdogMain(args []string, stderr io.Writer) int {
+	fset := flag.NewFlagSet(watchdogCommand, flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	shutdown := fset.Duration("shutdown-timeout", 5*time.Second, "")
+	deadline := fset.Int64("deadline", 0, "")
+	if err := fset.Parse(args); err != nil || fset.NArg() == 0 {
+		fmt.Fprintln(stderr, "onlyone: the watchdog is started by onlyone run, not by hand")
+		return exitUsage
+	}
+	ppid := os.Getppid()
+	syscall.CloseOnExec(controlFD)
+	syscall.CloseOnExec(reportFD)
+	w := &watchdog{
+		shutdown: *shutdown,
+		report:   os.NewFile(reportFD, "report"),
+		stderr:   stderr,
+		pgid:     syscall.Getpgrp(),
+	}
+	control := os.NewFile(controlFD, "control")
+	if control == nil || w.report == nil {
+		fmt.Fprintln(stderr, "onlyone: the watchdog is started by onlyone run, not by hand")
+		return exitUsage
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		w.send("error -1 cannot become a child subreaper: %v", err)
+		return 1
+	}
+	// Catch, before the command starts: stop signals reach the whole
+	// group (a terminal's ^C, the wrapper's forwarding), and the watchdog
+	// must outlive the command to report on it and clean up.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, deathSignal)
+	if os.Getppid() != ppid || ppid == 1 {
+		return 1 // the wrapper died before we could watch it: start nothing
+	}
+	if *deadline != 0 && *deadline <= monoNow() {
+		w.send("expired")
+		return 1
+	}
+	return w.run(fset.Args(), control, sigs, *deadline, ppid)
+}
+
+type watchdog struct {
+	shutdown time.Duration
+	report   *os.File
+	stderr   io.Writer
+	pgid     int
+
+	pid       int            // the command's
+	stopping  bool           // a stop signal was delivered
+	delivered syscall.Signal // the stop signal delivered, if any
+}
+
+func (w *watchdog) send(format string, args ...any) {
+	_, _ = fmt.Fprintf(w.report, format+"\n", args...)
+}
+
+func (w *watchdog) run(argv []string, control io.Reader, sigs <-chan os.Signal, deadline int64, ppid int) int {
+	path, err := exec.LookPath(argv[0])
+	if err == nil {
+		w.pid, err = syscall.ForkExec(path, argv, &syscall.ProcAttr{
+			Env:   os.Environ(),
+			Files: []uintptr{0, 1, 2},
+			// In the watchdog's group: signals to the group reach it.
+			// Should the watchdog itself be killed, so is the command.
+			Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+		})
+	}
+	if err != nil {
+		code := 1 // the shell's conventions: 127 not found, 126 not executable
+		switch {
+		case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+			code = 127
+		case errors.Is(err, fs.ErrPermission):
+			code = 126
+		}
+		w.send("error %d cannot start %q: %v", code, argv[0], err)
+		return 0
+	}
+	w.send("started %d", w.pid)
+
+	exited := make(chan syscall.WaitStatus, 1)
+	reaped := make(chan struct{})
+	go w.reap(exited, reaped)
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(control)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+
+	var (
+		expiry, kill <-chan time.Time
+		expiryTimer  *time.Timer
+		status       syscall.WaitStatus
+	)
+	setDeadline := func(d int64) {
+		if expiryTimer != nil {
+			expiryTimer.Stop()
+			expiry = nil
+		}
+		if d != 0 {
+			expiryTimer = time.NewTimer(time.Duration(d - monoNow()))
+			expiry = expiryTimer.C
+		}
+	}
+	setDeadline(deadline)
+	stop := func(sig syscall.Signal) {
+		if w.stopping {
+			return
+		}
+		w.stopping, w.delivered = true, sig
+		_ = syscall.Kill(-w.pgid, sig)
+		kill = time.After(w.shutdown)
+	}
+wait:
+	for {
+		select {
+		case status = <-exited:
+			break wait
+		case line, ok := <-lines:
+			if !ok {
+				// The wrapper is gone: its lock is free now.
+				fmt.Fprintln(w.stderr, "onlyone: the wrapper died: killing the command and everything it started")
+				w.killAll()
+				lines = nil
+				continue
+			}
+			verb, arg, _ := strings.Cut(line, " ")
+			n, _ := strconv.ParseInt(arg, 10, 64)
+			switch verb {
+			case "deadline":
+				setDeadline(n)
+			case "signal":
+				_ = syscall.Kill(-w.pgid, syscall.Signal(n))
+			case "stop":
+				stop(syscall.Signal(n))
+			}
+		case sig := <-sigs:
+			switch {
+			case sig == deathSignal && os.Getppid() != ppid:
+				fmt.Fprintln(w.stderr, "onlyone: the wrapper died: killing the command and everything it started")
+				w.killAll()
+			case (sig == syscall.SIGINT || sig == syscall.SIGTERM) && !w.stopping:
+				// Sent to the whole group (a terminal): the command has it.
+				w.stopping, w.delivered = true, sig.(syscall.Signal)
+				kill = time.After(w.shutdown)
+				w.send("signal %d", sig)
+			}
+		case <-expiry:
+			expiry = nil
+			fmt.Fprintln(w.stderr, "onlyone: the wrapper stopped vouching for the lock (frozen or stuck): stopping the command")
+			w.send("expired")
+			stop(syscall.SIGTERM)
+		case <-kill:
+			kill = nil
+			w.killAll()
+		}
+	}
+	// The command is gone; so must be whatever it started.
+	w.killAll()
+	select {
+	case <-reaped:
+	case <-time.After(killWait):
+	}
+	w.send("exit %d", waitCode(status))
+	return 0
+}
+
+// reap waits for every child, the command and any orphaned descendant
+// handed to this subreaper, and reports the command's status. It returns
+// when no child is left.
+func (w *watchdog) reap(exited chan<- syscall.WaitStatus, reaped chan<- struct{}) {
+	defer close(reaped)
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, syscall.EINTR):
+		case err != nil:
+			return // ECHILD: nothing left
+		case pid == w.pid && (ws.Exited() || ws.Signaled()):
+			exited <- ws
+		}
+	}
+}
+
+// killAll SIGKILLs every descendant of the watchdog until none is left.
+// A killed process's orphans are handed to the watchdog (a subreaper), so
+// each pass finds what the last one orphaned.
+func (w *watchdog) killAll() {
+	self := os.Getpid()
+	for pass := 0; pass < 100; pass++ {
+		pids := descendants(self)
+		if len(pids) == 0 {
+			return
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(time.Millisecond) // let the kernel hand the orphans over
+	}
+	fmt.Fprintln(w.stderr, "onlyone: descendants of the command survive SIGKILL (uninterruptible sleep?)")
+}
+
+// descendants returns the live (not zombie) descendants of pid, from /proc.
+func descendants(root int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]int{}
+	live := map[int]bool{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, state, ok := procStat(pid)
+		if !ok {
+			continue
+		}
+		children[ppid] = append(children[ppid], pid)
+		live[pid] = state != 'Z' && state != 'X'
+	}
+	var out []int
+	stack := []int{root}
+	for len(stack) > 0 {
+		p := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, c := range children[p] {
+			if live[c] {
+				out = append(out, c)
+			}
+			stack = append(stack, c)
+		}
+	}
+	return out
+}
+
+// procStat reads a process's parent and state from /proc/PID/stat.
+func procStat(pid int) (ppid int, state byte, ok bool) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, 0, false
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 2 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	return ppid, f[0][0], err == nil
+}
+
+// waitCode is the shell's convention: the exit status, or 128+signal.
+func waitCode(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
