@@ -192,11 +192,21 @@ func (c *commandRunner) run(ctx context.Context) error {
 		return &commandError{code: n, msg: msg}
 	}
 	if code < 0 {
+		// The watchdog was killed: its command died with it (its
+		// parent-death signal); end what is left of the group.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		return &commandError{code: -1, msg: fmt.Sprintf("the watchdog ended without reporting on the command (%v)", werr)}
 	}
 	c.mu.Lock()
 	c.code = &code
+	interrupted := c.tty && !c.stopping && (code == 128+int(syscall.SIGINT) || code == 128+int(syscall.SIGQUIT))
 	c.mu.Unlock()
+	if interrupted {
+		// The foreground job died of ^C or ^\ (the watchdog's own copy of
+		// the signal may not have come in yet): the user wants it to
+		// stop, as a shell assumes of a foreground child that dies so.
+		c.childSignal(syscall.Signal(code - 128))
+	}
 	switch {
 	case expired:
 		return fmt.Errorf("%w: onlyone did not vouch for the lock in time (was it frozen?), so its watchdog stopped the command", locker.ErrLost)
@@ -211,10 +221,6 @@ func (c *commandRunner) run(ctx context.Context) error {
 // startWatchdog starts the watchdog, which starts the command. reports
 // delivers the watchdog's reports, and is closed when it has exited.
 func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, nil, fmt.Errorf("cannot find onlyone's own executable for the watchdog: %w", err)
-	}
 	ctrlR, ctrlW, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
@@ -227,7 +233,10 @@ func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan st
 	}
 	args := append([]string{watchdogCommand, "--shutdown-timeout", c.shutdown.String(),
 		"--deadline", strconv.FormatInt(c.deadline(), 10), "--"}, c.args...)
-	cmd := exec.Command(exe, args...)
+	// /proc/self/exe, not os.Executable(): it still works after a deploy
+	// replaced the binary on disk.
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Args[0] = os.Args[0]
 	cmd.Env = c.env
 	if tok, ok := supervise.Token(ctx); ok {
 		cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], "ONLYONE_FENCING_TOKEN="+strconv.FormatUint(tok, 10))

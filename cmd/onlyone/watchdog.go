@@ -253,7 +253,16 @@ wait:
 			w.killAll()
 		}
 	}
-	// The command is gone; so must be whatever it started.
+	// The command is gone; so must be whatever it started. A stop signal
+	// that reached the group with it is reported first.
+	select {
+	case sig := <-sigs:
+		if (sig == syscall.SIGINT || sig == syscall.SIGTERM) && !w.stopping {
+			w.stopping = true
+			w.send("signal %d", sig)
+		}
+	default:
+	}
 	w.killAll()
 	select {
 	case <-reaped:

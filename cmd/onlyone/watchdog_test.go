@@ -344,7 +344,10 @@ func TestInterruptFromTheTerminal(t *testing.T) {
 		defer close(read)
 		_, _ = io.Copy(&out, master)
 	}()
-	poll(t, "the command starts", func() bool { return exists(filepath.Join(dir, "runs")) })
+	poll(t, "the command starts", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "runs"))
+		return string(b) == "x\n"
+	})
 	if _, err := master.Write([]byte{3}); err != nil { // ^C
 		t.Fatal(err)
 	}
