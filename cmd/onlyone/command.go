@@ -14,9 +14,14 @@ import (
 	"time"
 
 	"github.com/onlyone-go/onlyone/locker"
+	"github.com/onlyone-go/onlyone/locker/postgres"
 	"github.com/onlyone-go/onlyone/once"
 	"github.com/onlyone-go/onlyone/supervise"
 )
+
+// The watchdog's deadline is the lock's VouchedUntil: without it, a
+// frozen onlyone's command would run on.
+var _ locker.Voucher = (*postgres.Locker)(nil)
 
 // vouchPoll is how often the wrapper looks for a newer VouchedUntil to
 // pass to the watchdog: a fraction of the heartbeat interval, so that the
