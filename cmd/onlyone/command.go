@@ -120,7 +120,11 @@ func (c *commandRunner) run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	cmd, reports, err := c.startWatchdog(ctx)
+	deadline, vouched := c.deadline()
+	if !vouched {
+		return fmt.Errorf("%w: the lock is no longer vouched for; the command was not started", locker.ErrLost)
+	}
+	cmd, reports, err := c.startWatchdog(ctx, deadline)
 	if err != nil {
 		return &commandError{code: -1, msg: err.Error()}
 	}
@@ -196,6 +200,9 @@ func (c *commandRunner) run(ctx context.Context) error {
 		fmt.Fprintf(c.stderr, "onlyone: %s\n", msg)
 		return &commandError{code: n, msg: msg}
 	}
+	if code < 0 && expired {
+		return fmt.Errorf("%w: the lock was no longer vouched for when the watchdog started; the command was not started", locker.ErrLost)
+	}
 	if code < 0 {
 		// The watchdog was killed: its command died with it (its
 		// parent-death signal); end what is left of the group.
@@ -225,7 +232,7 @@ func (c *commandRunner) run(ctx context.Context) error {
 
 // startWatchdog starts the watchdog, which starts the command. reports
 // delivers the watchdog's reports, and is closed when it has exited.
-func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan string, error) {
+func (c *commandRunner) startWatchdog(ctx context.Context, deadline int64) (*exec.Cmd, <-chan string, error) {
 	ctrlR, ctrlW, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
@@ -237,7 +244,7 @@ func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan st
 		return nil, nil, err
 	}
 	args := append([]string{watchdogCommand, "--shutdown-timeout", c.shutdown.String(),
-		"--deadline", strconv.FormatInt(c.deadline(), 10), "--"}, c.args...)
+		"--deadline", strconv.FormatInt(deadline, 10), "--"}, c.args...)
 	// /proc/self/exe, not os.Executable(): it still works after a deploy
 	// replaced the binary on disk.
 	cmd := exec.Command("/proc/self/exe", args...)
@@ -278,12 +285,17 @@ func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan st
 
 // deadline is the watchdog's deadline: the moment the lock is vouched
 // for, on CLOCK_MONOTONIC; 0 for a Locker that does not say.
-func (c *commandRunner) deadline() int64 {
+// The second result is false when the Locker says the lock is not vouched
+// for any more (the hold ended).
+func (c *commandRunner) deadline() (int64, bool) {
 	v, ok := locker.VouchedUntil(c.lock)
-	if !ok || v.IsZero() {
-		return 0
+	switch {
+	case !ok:
+		return 0, true
+	case v.IsZero() || !time.Now().Before(v):
+		return 0, false
 	}
-	return monoNow() + int64(time.Until(v))
+	return monoNow() + int64(time.Until(v)), true
 }
 
 // vouch passes each newer VouchedUntil on to the watchdog until done is
