@@ -63,6 +63,9 @@ func (e *commandError) Error() string { return e.msg }
 // with c.mu held.
 func (c *commandRunner) send(format string, args ...any) {
 	if c.ctrl != nil {
+		// A watchdog that stopped reading (SIGSTOPped by someone) must not
+		// hang onlyone once the pipe is full.
+		_ = c.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = fmt.Fprintf(c.ctrl, format+"\n", args...)
 	}
 }

@@ -123,7 +123,9 @@ func watchdogMain(args []string, stderr io.Writer) int {
 	// group (a terminal's ^C, the wrapper's forwarding), and the watchdog
 	// must outlive the command to report on it and clean up.
 	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, deathSignal)
+	// SIGTSTP too: ^Z stops the command, not the watchdog, which goes on
+	// enforcing the deadline and reading the control pipe.
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTSTP, deathSignal)
 	if os.Getppid() != ppid || ppid == 1 {
 		return 1 // the wrapper died before we could watch it: start nothing
 	}
