@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/onlyone-go/onlyone/fence"
 	"github.com/onlyone-go/onlyone/locker"
 	"github.com/onlyone-go/onlyone/locker/postgres"
 	"github.com/onlyone-go/onlyone/once"
@@ -111,7 +113,12 @@ func (c *commandRunner) childSignal(sig syscall.Signal) {
 func (c *commandRunner) run(ctx context.Context) error {
 	if c.every > 0 {
 		claim, err := c.ledger.Claim(ctx, c.lock, c.name, c.every)
-		if err != nil {
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil // stopped while claiming: the command did not run
+		case errors.Is(err, fence.ErrStale):
+			return fmt.Errorf("%w: --at-most-every: %w", locker.ErrLost, err)
+		case err != nil:
 			return &commandError{code: -1, msg: fmt.Sprintf("--at-most-every: %v", err)}
 		}
 		if !claim.Won {
