@@ -144,7 +144,9 @@ func (g *Ledger) tables() (runs, fenceTable, schema string, err error) {
 // its lock, fence.ErrStale when a holder with a newer token has claimed
 // for this name (l lost its lock), and locker.ErrConfig for a Locker
 // without tokens, an empty name, a period that is not positive or a bad
-// Table. On any error nothing is recorded: do not run the job.
+// Table. On any error, do not run the job. (An error can hide a run that
+// was recorded — a commit whose answer was lost — never the reverse: the
+// job then waits for the next period, which keeps "at most once".)
 func (g *Ledger) Claim(ctx context.Context, l locker.Locker, name string, every time.Duration) (Claim, error) {
 	runs, fenceTable, schema, err := g.tables()
 	switch {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,10 +14,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/onlyone-go/onlyone/fence"
 	"github.com/onlyone-go/onlyone/locker"
+	"github.com/onlyone-go/onlyone/locker/postgres"
 	"github.com/onlyone-go/onlyone/once"
 	"github.com/onlyone-go/onlyone/supervise"
 )
+
+// The watchdog's deadline is the lock's VouchedUntil: without it, a
+// frozen onlyone's command would run on.
+var _ locker.Voucher = (*postgres.Locker)(nil)
 
 // vouchPoll is how often the wrapper looks for a newer VouchedUntil to
 // pass to the watchdog: a fraction of the heartbeat interval, so that the
@@ -58,6 +65,9 @@ func (e *commandError) Error() string { return e.msg }
 // with c.mu held.
 func (c *commandRunner) send(format string, args ...any) {
 	if c.ctrl != nil {
+		// A watchdog that stopped reading (SIGSTOPped by someone) must not
+		// hang onlyone once the pipe is full.
+		_ = c.ctrl.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = fmt.Fprintf(c.ctrl, format+"\n", args...)
 	}
 }
@@ -103,7 +113,12 @@ func (c *commandRunner) childSignal(sig syscall.Signal) {
 func (c *commandRunner) run(ctx context.Context) error {
 	if c.every > 0 {
 		claim, err := c.ledger.Claim(ctx, c.lock, c.name, c.every)
-		if err != nil {
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil // stopped while claiming: the command did not run
+		case errors.Is(err, fence.ErrStale):
+			return fmt.Errorf("%w: --at-most-every: %w", locker.ErrLost, err)
+		case err != nil:
 			return &commandError{code: -1, msg: fmt.Sprintf("--at-most-every: %v", err)}
 		}
 		if !claim.Won {
@@ -115,7 +130,11 @@ func (c *commandRunner) run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil
 	}
-	cmd, reports, err := c.startWatchdog(ctx)
+	deadline, vouched := c.deadline()
+	if !vouched {
+		return fmt.Errorf("%w: the lock is no longer vouched for; the command was not started", locker.ErrLost)
+	}
+	cmd, reports, err := c.startWatchdog(ctx, deadline)
 	if err != nil {
 		return &commandError{code: -1, msg: err.Error()}
 	}
@@ -191,12 +210,25 @@ func (c *commandRunner) run(ctx context.Context) error {
 		fmt.Fprintf(c.stderr, "onlyone: %s\n", msg)
 		return &commandError{code: n, msg: msg}
 	}
+	if code < 0 && expired {
+		return fmt.Errorf("%w: the lock was no longer vouched for when the watchdog started; the command was not started", locker.ErrLost)
+	}
 	if code < 0 {
+		// The watchdog was killed: its command died with it (its
+		// parent-death signal); end what is left of the group.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		return &commandError{code: -1, msg: fmt.Sprintf("the watchdog ended without reporting on the command (%v)", werr)}
 	}
 	c.mu.Lock()
 	c.code = &code
+	interrupted := c.tty && !c.stopping && (code == 128+int(syscall.SIGINT) || code == 128+int(syscall.SIGQUIT))
 	c.mu.Unlock()
+	if interrupted {
+		// The foreground job died of ^C or ^\ (the watchdog's own copy of
+		// the signal may not have come in yet): the user wants it to
+		// stop, as a shell assumes of a foreground child that dies so.
+		c.childSignal(syscall.Signal(code - 128))
+	}
 	switch {
 	case expired:
 		return fmt.Errorf("%w: onlyone did not vouch for the lock in time (was it frozen?), so its watchdog stopped the command", locker.ErrLost)
@@ -210,11 +242,7 @@ func (c *commandRunner) run(ctx context.Context) error {
 
 // startWatchdog starts the watchdog, which starts the command. reports
 // delivers the watchdog's reports, and is closed when it has exited.
-func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, nil, fmt.Errorf("cannot find onlyone's own executable for the watchdog: %w", err)
-	}
+func (c *commandRunner) startWatchdog(ctx context.Context, deadline int64) (*exec.Cmd, <-chan string, error) {
 	ctrlR, ctrlW, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
@@ -226,8 +254,11 @@ func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan st
 		return nil, nil, err
 	}
 	args := append([]string{watchdogCommand, "--shutdown-timeout", c.shutdown.String(),
-		"--deadline", strconv.FormatInt(c.deadline(), 10), "--"}, c.args...)
-	cmd := exec.Command(exe, args...)
+		"--deadline", strconv.FormatInt(deadline, 10), "--"}, c.args...)
+	// /proc/self/exe, not os.Executable(): it still works after a deploy
+	// replaced the binary on disk.
+	cmd := exec.Command("/proc/self/exe", args...)
+	cmd.Args[0] = os.Args[0]
 	cmd.Env = c.env
 	if tok, ok := supervise.Token(ctx); ok {
 		cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], "ONLYONE_FENCING_TOKEN="+strconv.FormatUint(tok, 10))
@@ -264,12 +295,17 @@ func (c *commandRunner) startWatchdog(ctx context.Context) (*exec.Cmd, <-chan st
 
 // deadline is the watchdog's deadline: the moment the lock is vouched
 // for, on CLOCK_MONOTONIC; 0 for a Locker that does not say.
-func (c *commandRunner) deadline() int64 {
+// The second result is false when the Locker says the lock is not vouched
+// for any more (the hold ended).
+func (c *commandRunner) deadline() (int64, bool) {
 	v, ok := locker.VouchedUntil(c.lock)
-	if !ok || v.IsZero() {
-		return 0
+	switch {
+	case !ok:
+		return 0, true
+	case v.IsZero() || !time.Now().Before(v):
+		return 0, false
 	}
-	return monoNow() + int64(time.Until(v))
+	return monoNow() + int64(time.Until(v)), true
 }
 
 // vouch passes each newer VouchedUntil on to the watchdog until done is

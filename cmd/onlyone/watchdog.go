@@ -123,7 +123,9 @@ func watchdogMain(args []string, stderr io.Writer) int {
 	// group (a terminal's ^C, the wrapper's forwarding), and the watchdog
 	// must outlive the command to report on it and clean up.
 	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, deathSignal)
+	// SIGTSTP too: ^Z stops the command, not the watchdog, which goes on
+	// enforcing the deadline and reading the control pipe.
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTSTP, deathSignal)
 	if os.Getppid() != ppid || ppid == 1 {
 		return 1 // the wrapper died before we could watch it: start nothing
 	}
@@ -253,7 +255,16 @@ wait:
 			w.killAll()
 		}
 	}
-	// The command is gone; so must be whatever it started.
+	// The command is gone; so must be whatever it started. A stop signal
+	// that reached the group with it is reported first.
+	select {
+	case sig := <-sigs:
+		if (sig == syscall.SIGINT || sig == syscall.SIGTERM) && !w.stopping {
+			w.stopping = true
+			w.send("signal %d", sig)
+		}
+	default:
+	}
 	w.killAll()
 	select {
 	case <-reaped:

@@ -16,8 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/onlyone-go/onlyone/internal/pglocal"
-	"github.com/onlyone-go/onlyone/locker"
-	"github.com/onlyone-go/onlyone/locker/postgres"
 )
 
 // The command, its child and a double-forked setsid daemon all die with a
@@ -61,9 +59,6 @@ wait`
 
 // A frozen wrapper's command is dead before another node's command starts.
 func TestFrozenWrapperCommandStopsBeforeTakeover(t *testing.T) {
-	if _, ok := any((*postgres.Locker)(nil)).(locker.Voucher); !ok {
-		t.Skip("*postgres.Locker is not a locker.Voucher yet (the safety branch adds it): the watchdog has no deadline to hold")
-	}
 	srv := pglocal.Shared(t)
 	dir, name := t.TempDir(), uniqueName(t)
 	a := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", name, "--shutdown-timeout", "1s", "--",
@@ -344,7 +339,10 @@ func TestInterruptFromTheTerminal(t *testing.T) {
 		defer close(read)
 		_, _ = io.Copy(&out, master)
 	}()
-	poll(t, "the command starts", func() bool { return exists(filepath.Join(dir, "runs")) })
+	poll(t, "the command starts", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "runs"))
+		return string(b) == "x\n"
+	})
 	if _, err := master.Write([]byte{3}); err != nil { // ^C
 		t.Fatal(err)
 	}
