@@ -32,7 +32,7 @@
 //     one statement per HeartbeatInterval per holder; like any statement
 //     it holds a snapshot while it runs (at most HeartbeatInterval), as a
 //     short query each second would. The session sets
-//     client_connection_check_interval (5ms) so that the server, busy with
+//     client_connection_check_interval (2ms) once it holds the lock, so that the server, busy with
 //     that statement, still notices within milliseconds a holder whose
 //     process died.
 //   - The holder gives the lock up — Lost closes — LossTimeout after the

@@ -228,18 +228,10 @@ func (l *Locker) VouchedUntil() time.Time {
 	return h.vouchedUntil()
 }
 
-// lastConn reports whether every connection the pool allows is in use, so
-// that a statement through it would wait for one.
-func (l *Locker) lastConn() bool {
-	st := l.db.Stats()
-	return st.MaxOpenConnections > 0 && st.InUse >= st.MaxOpenConnections
-}
-
 // Release gives the lock up: it closes Lost, interrupts the heartbeat in
-// flight (pg_cancel_backend through the pool, which needs a free
-// connection there; without one the heartbeat ends by itself within
-// HeartbeatInterval), unlocks, and destroys the pinned connection (never
-// returned to the pool). When it returns nil, the server has unlocked or
+// flight (which ends the session; between two heartbeats it unlocks
+// instead), and destroys the pinned connection (never returned to the
+// pool). When it returns nil, the server has unlocked or
 // is ending the session. It unlocks even when ctx is already done — the
 // usual defer after a signal — within a timeout of its own (5s).
 //
