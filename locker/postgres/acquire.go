@@ -55,8 +55,8 @@ const setupSQL = `SELECT pg_catalog.pg_backend_pid(),
 			THEN pg_catalog.set_config('idle_session_timeout', $5, false) END,
 		CASE WHEN pg_catalog.current_setting('synchronous_commit') = 'off'
 			THEN pg_catalog.set_config('synchronous_commit', 'local', false) END,
-		pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
-		` + tcpSQL + `)`
+		pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)),
+	` + tcpSQL
 
 // tcpSQL raises the TCP settings of the session that would let the
 // server end a silent session before SessionTimeout: tcp_user_timeout
@@ -64,9 +64,13 @@ const setupSQL = `SELECT pg_catalog.pg_backend_pid(),
 // seconds). Zero means the operating system's default (hours for
 // keepalives, about 15 minutes of retransmissions), which is left alone.
 // Any role may set them. Over a Unix socket they do nothing.
-const tcpSQL = `(SELECT pg_catalog.concat_ws(',',
-		CASE WHEN u > 0 AND u < $6::text::int THEN pg_catalog.set_config('tcp_user_timeout', $6::text, false) END,
-		CASE WHEN i > 0 AND i + coalesce(iv, 0) * coalesce(n, 0) < $7::text::int THEN pg_catalog.set_config('tcp_keepalives_idle', $7::text, false) END)
+//
+// It reports what it raised, as "name from old to new", for the log.
+const tcpSQL = `(SELECT pg_catalog.concat_ws(', ',
+		CASE WHEN u > 0 AND u < $6::text::int THEN 'tcp_user_timeout from ' || u || 'ms to ' ||
+			pg_catalog.set_config('tcp_user_timeout', $6::text, false) || 'ms' END,
+		CASE WHEN i > 0 AND i + coalesce(iv, 0) * coalesce(n, 0) < $7::text::int THEN 'tcp_keepalives_idle from ' || i || 's to ' ||
+			pg_catalog.set_config('tcp_keepalives_idle', $7::text, false) || 's' END)
 	FROM (SELECT max(setting::int) FILTER (WHERE name = 'tcp_user_timeout') AS u,
 			max(setting::int) FILTER (WHERE name = 'tcp_keepalives_idle') AS i,
 			max(setting::int) FILTER (WHERE name = 'tcp_keepalives_interval') AS iv,
@@ -262,6 +266,7 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 		started        string
 		recovery, mine bool
 		settings       sql.NullString
+		raised         string
 	)
 	// Every statement gets a deadline as well as the server's timeouts: on
 	// a silent network a statement would otherwise wait for TCP to give up
@@ -271,7 +276,7 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	err := conn.QueryRowContext(sctx, setupSQL, int64(classid), int64(objid), l.cfg.identity, ms(l.cfg.waitChunk), ms(l.cfg.sessionTimeout),
 		strconv.FormatInt(l.cfg.sessionTimeout.Milliseconds(), 10),
 		strconv.FormatInt(int64((l.cfg.sessionTimeout+time.Second-1)/time.Second), 10)).
-		Scan(&pid, &started, &version, &recovery, &mine, &settings)
+		Scan(&pid, &started, &version, &recovery, &mine, &settings, &raised)
 	if err != nil {
 		return nil, time.Time{}, l.ctxErrorf(ctx, "acquire: setting up the session: %w", err)
 	}
@@ -281,6 +286,10 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	}
 	if mine {
 		return nil, time.Time{}, l.errorf("acquire: the pooled session (backend %d) holds this lock already: other code took it on a connection of the same pool", pid)
+	}
+	if raised != "" {
+		l.cfg.logger.Warn("raised TCP settings of the lock's session that could end it before SessionTimeout",
+			"lock", l.label, "raised", raised, "session_timeout", l.cfg.sessionTimeout)
 	}
 	if version < 140000 {
 		l.cfg.logger.Warn("PostgreSQL older than 14 has no idle_session_timeout: a frozen or partitioned holder keeps the lock until its TCP connection dies",

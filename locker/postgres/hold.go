@@ -227,10 +227,14 @@ func (h *hold) cleanup() {
 	destroy(h.conn)
 }
 
+// releaseGrace is how long release waits for the clean-up whatever its
+// context: on a reachable server it takes milliseconds.
+const releaseGrace = time.Second
+
 // release ends the hold (closing Lost before anything else), stops the
 // heartbeat, interrupting the statement in flight by cancelling its
-// context, and waits for it to clean up: at most unlockTimeout, or longer
-// while ctx lasts.
+// context, and waits for it to clean up: for releaseGrace even when ctx is
+// done already, and longer while ctx lasts.
 //
 // Cancelling the context is each driver's own way to interrupt a
 // statement: lib/pq sends a cancel request (a connection to the
@@ -245,7 +249,7 @@ func (h *hold) release(ctx context.Context) error {
 		close(h.stop)
 		h.icancel()
 	})
-	own := time.NewTimer(unlockTimeout)
+	own := time.NewTimer(releaseGrace)
 	defer own.Stop()
 	select {
 	case <-h.done:

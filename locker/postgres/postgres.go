@@ -233,7 +233,7 @@ func (l *Locker) VouchedUntil() time.Time {
 // instead), and destroys the pinned connection (never returned to the
 // pool). When it returns nil, the server has unlocked or
 // is ending the session. It unlocks even when ctx is already done — the
-// usual defer after a signal — within a timeout of its own (5s).
+// usual defer after a signal — within a time of its own (1s).
 //
 // If the connection is stuck in the driver past that timeout and ctx has
 // ended (lib/pq on a silent network ignores deadlines), Release returns an
