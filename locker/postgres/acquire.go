@@ -91,9 +91,10 @@ const tcpSQL = `(SELECT pg_catalog.concat_ws(', ',
 //     not null) after streaming it or on a timeline after the first — a
 //     promoted standby: the time of its latest checkpoint (a whole second,
 //     rounded down, hence the second added), which is at or after the
-//     promotion once a checkpoint on the new timeline exists; before that
-//     one exists (the WAL's timeline differs from the checkpoint's) it was
-//     promoted moments ago, and the answer is 0.
+//     promotion once a checkpoint on the new timeline exists (any later
+//     one only moves the bound later); before that one exists (the WAL's
+//     timeline differs from the checkpoint's) it was promoted moments ago,
+//     and the answer is 0.
 //
 // It runs on a primary only (pg_walfile_name fails in recovery).
 const upSQL = `SELECT (extract(epoch FROM pg_catalog.clock_timestamp() - GREATEST(

@@ -22,13 +22,7 @@ func TestGracefulHandover(t *testing.T) {
 		}
 		var took []time.Duration
 		for i := 0; i < trials; i++ {
-			res := make(chan time.Time, 1)
-			go func() {
-				if err := b.Acquire(ctx); err != nil {
-					t.Error(err)
-				}
-				res <- time.Now()
-			}()
+			res := acquireAsync(t, b)
 			eventually(t, 10*time.Second, "the waiter waits", func() bool { return e.waiting(t, a.Key()) })
 			// A phase within the holder's heartbeat (jitter, not
 			// synchronisation).

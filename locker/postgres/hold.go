@@ -26,8 +26,6 @@ type hold struct {
 	beats chan struct{} // a heartbeat succeeded (buffered, 1)
 
 	stopOnce sync.Once
-	ictx     context.Context    // the heartbeat's statements run under it
-	icancel  context.CancelFunc // called by release: interrupts the heartbeat
 
 	mu       sync.Mutex // guards deadline, sent, err and timer
 	deadline time.Time  // last good heartbeat's send time + LossTimeout
@@ -52,7 +50,6 @@ func newHold(l *Locker, conn *sql.Conn, b backend, token uint64, granted time.Ti
 		deadline: granted.Add(l.cfg.loss),
 		sent:     granted,
 	}
-	h.ictx, h.icancel = context.WithCancel(context.Background())
 	// The loss timer does not wait for a heartbeat call to return: a
 	// driver may ignore deadlines on a silent network. It is set under
 	// h.mu, which its function takes, so that the function sees it.
@@ -200,7 +197,7 @@ func (h *hold) beat() error {
 	if cap := sent.Add(h.l.cfg.loss); deadline.After(cap) {
 		deadline = cap
 	}
-	ctx, cancel := context.WithDeadline(h.ictx, deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	var pid int
 	if err := h.conn.QueryRowContext(ctx, heartbeatSQL, h.l.cfg.heartbeat.Seconds()).Scan(&pid); err != nil {
@@ -213,43 +210,75 @@ func (h *hold) beat() error {
 	return nil
 }
 
+// unlockTries is how often cleanup tries to unlock: a cancel meant for the
+// heartbeat can land on the unlock instead.
+const unlockTries = 3
+
 // cleanup unlocks and destroys the connection of a released hold. The
-// unlock makes the hand-over synchronous where the heartbeat was not
-// interrupted in flight (when Release returns, a waiter can already have
-// the lock); an interrupted one leaves a connection that the driver has
-// closed, and the server ends its session at once. It does not depend on
-// Release's context: a Release with a done context on a reachable server
-// still unlocks.
+// unlock makes the hand-over synchronous: when Release returns, a waiter
+// can already have the lock. It does not depend on Release's context: a
+// Release with a done context on a reachable server still unlocks.
 func (h *hold) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
 	defer cancel()
-	_, _ = h.conn.ExecContext(ctx, "SELECT pg_catalog.pg_advisory_unlock($1)", h.l.key)
+	for i := 0; i < unlockTries; i++ {
+		_, err := h.conn.ExecContext(ctx, "SELECT pg_catalog.pg_advisory_unlock($1)", h.l.key)
+		if err == nil || sqlState(err) != "57014" { // query_canceled
+			break
+		}
+	}
 	destroy(h.conn)
 }
 
-// releaseGrace is how long release waits for the clean-up whatever its
-// context: on a reachable server it takes milliseconds.
+// cancelEvery is how long release waits for the heartbeat to return
+// before it sends pg_cancel_backend again: a cancel that reaches the
+// backend between two heartbeats does nothing.
+const cancelEvery = 50 * time.Millisecond
+
+// releaseGrace is how long release waits for the clean-up beyond a
+// heartbeat, whatever its context: on a reachable server it takes
+// milliseconds.
 const releaseGrace = time.Second
 
 // release ends the hold (closing Lost before anything else), stops the
-// heartbeat, interrupting the statement in flight by cancelling its
-// context, and waits for it to clean up: for releaseGrace even when ctx is
-// done already, and longer while ctx lasts.
+// heartbeat, interrupting its statement with pg_cancel_backend through the
+// pool, and waits for it to unlock and destroy the connection: for a
+// heartbeat and releaseGrace even when ctx is done already, and longer
+// while ctx lasts.
 //
-// Cancelling the context is each driver's own way to interrupt a
-// statement: lib/pq sends a cancel request (a connection to the
-// postmaster, no session) and then closes the connection; pgx closes the
-// connection at once, and the server, busy with the heartbeat, notices
-// within client_connection_check_interval. Either way the session ends
-// within milliseconds, and neither needs a second connection from the
-// pool.
+// The cancel goes through the pool, not through the driver: cancelling
+// the statement's context would make pgx close the connection and lib/pq
+// mark it bad, and the unlock, which makes the hand-over synchronous,
+// could not follow. Where every connection the pool allows is in use, the
+// heartbeat ends by itself within HeartbeatInterval instead.
 func (h *hold) release(ctx context.Context) error {
+	wasHeld := false
 	h.stopOnce.Do(func() {
+		wasHeld = h.endErr() == nil
 		h.end(locker.ErrNotHeld)
 		close(h.stop)
-		h.icancel()
 	})
-	own := time.NewTimer(releaseGrace)
+	if wasHeld && !h.l.lastConn() {
+		for i := 0; i < 3; i++ {
+			select {
+			case <-h.done:
+				return nil
+			default:
+			}
+			if err := h.l.signal(h.backend, "pg_cancel_backend"); err != nil {
+				h.l.cfg.logger.Warn("could not interrupt the heartbeat; the hand-over waits for it to end", "lock", h.l.label, "pid", h.pid, "err", err)
+				break
+			}
+			t := time.NewTimer(cancelEvery)
+			select {
+			case <-h.done:
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
+	}
+	own := time.NewTimer(h.l.cfg.heartbeat + releaseGrace)
 	defer own.Stop()
 	select {
 	case <-h.done:

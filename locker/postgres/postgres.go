@@ -228,12 +228,21 @@ func (l *Locker) VouchedUntil() time.Time {
 	return h.vouchedUntil()
 }
 
+// lastConn reports whether every connection the pool allows is in use, so
+// that a statement through it would wait for one.
+func (l *Locker) lastConn() bool {
+	st := l.db.Stats()
+	return st.MaxOpenConnections > 0 && st.InUse >= st.MaxOpenConnections
+}
+
 // Release gives the lock up: it closes Lost, interrupts the heartbeat in
-// flight (which ends the session; between two heartbeats it unlocks
-// instead), and destroys the pinned connection (never returned to the
-// pool). When it returns nil, the server has unlocked or
+// flight (pg_cancel_backend through the pool, which borrows a connection
+// for a moment; where the pool allows no more, the heartbeat ends by
+// itself within HeartbeatInterval), unlocks, and destroys the pinned
+// connection (never returned to the pool). When it returns nil, the server has unlocked or
 // is ending the session. It unlocks even when ctx is already done — the
-// usual defer after a signal — within a time of its own (1s).
+// usual defer after a signal — within a time of its own
+// (HeartbeatInterval + 1s).
 //
 // If the connection is stuck in the driver past that timeout and ctx has
 // ended (lib/pq on a silent network ignores deadlines), Release returns an
