@@ -178,7 +178,7 @@ func (l *Locker) Acquire(ctx context.Context) error {
 	}
 	h, ready, err := l.acquire(ctx)
 	if err != nil {
-		return err
+		return classify(err) // errors that retrying cannot cure match locker.ErrConfig (classify.go)
 	}
 	go h.heartbeat()
 	if err := l.quarantine(ctx, h, ready); err != nil {
