@@ -41,9 +41,14 @@
 //     whose process died (waiters do not pay for the checks).
 //   - The holder gives the lock up — Lost closes — LossTimeout after the
 //     send time of the last heartbeat that succeeded, on a timer that does
-//     not wait for a heartbeat stuck on a silent network. A lost hold
-//     destroys its connection at once: the pool gets its slot back
-//     without Release.
+//     not wait for a heartbeat stuck on a silent network. A hold whose
+//     session the server ended (a terminate, a restart) destroys its
+//     connection at once: the pool gets its slot back without Release.
+//     A hold lost for any other reason (no heartbeat answered in time)
+//     keeps its session silent, and the lock with it, until Release or
+//     Grace after the loss, whichever comes first: closing the socket
+//     sooner would let the server grant the lock while the work still
+//     stops (TestLossKeepsLockForGrace).
 //   - The server gives the lock to nobody else before the holder has had
 //     Grace to stop: the session sets idle_session_timeout,
 //     idle_in_transaction_session_timeout and statement_timeout to

@@ -3,9 +3,14 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/onlyone-go/onlyone/locker"
@@ -149,10 +154,8 @@ func (h *hold) isLost() bool {
 // longer than the heartbeat interval, as a short query each second would.
 const heartbeatSQL = `SELECT pg_catalog.pg_backend_pid() FROM pg_catalog.pg_sleep($1)`
 
-// heartbeat runs heartbeats back to back until the hold ends. A lost hold
-// destroys its connection at once, so that the pool gets its slot back
-// without waiting for Release; a released one unlocks first. It owns
-// h.conn.
+// heartbeat runs heartbeats back to back until the hold ends; finish then
+// cleans up. It owns h.conn.
 func (h *hold) heartbeat() {
 	defer close(h.done)
 	// The spare connection for Release is readied beside the heartbeats,
@@ -172,32 +175,54 @@ func (h *hold) heartbeat() {
 			return
 		default:
 		}
-		err := h.beat()
+		err, dead := h.beat()
 		if err == nil {
 			continue
 		}
 		// Release may have interrupted the heartbeat (pg_cancel_backend):
 		// then it has ended the hold already, and this end does nothing.
 		h.end(&LostError{Lock: h.l.label, PID: h.pid, Cause: err})
+		if dead {
+			// The server ended the session: the lock is free already, and
+			// the pool gets its slot back at once.
+			destroy(h.conn)
+			return
+		}
 		h.finish()
 		return
 	}
 }
 
-// finish cleans up after the hold ended: a released hold unlocks, a lost
-// one destroys its connection at once.
+// finish cleans up after the hold ended while the session may still be
+// alive: a released hold unlocks. A lost one stays silent — no statement,
+// so the server's idle_session_timeout runs — until Release or Grace
+// after the loss, whichever comes first, and only then destroys its
+// connection. Destroying it at once would free the lock at once (the
+// server sees the socket close within milliseconds), while the holder's
+// work is still being stopped: the server must grant the lock to nobody
+// for Grace after Lost closes.
 func (h *hold) finish() {
 	if errors.Is(h.endErr(), locker.ErrNotHeld) {
 		<-h.stop // closed right after the hold ended by release
 		h.cleanup()
 		return
 	}
+	t := time.NewTimer(h.l.cfg.grace)
+	defer t.Stop()
+	select {
+	case <-h.stop:
+	case <-t.C:
+	}
 	destroy(h.conn)
 }
 
-// beat runs one heartbeat. Its deadline is the loss deadline, and never
-// later than LossTimeout from now.
-func (h *hold) beat() error {
+// beat runs one heartbeat. dead reports that its error shows the session
+// ended by the server or the network, not by this process. The statement's
+// own deadline is Grace past the loss deadline (never more than LossTimeout
+// + Grace from now): a driver closes the connection when it passes, which
+// frees the lock, so it must not come before the holder's work has had
+// Grace to stop. The loss itself is the timer's business.
+func (h *hold) beat() (err error, dead bool) {
 	sent := time.Now()
 	h.mu.Lock()
 	deadline := h.deadline
@@ -205,17 +230,30 @@ func (h *hold) beat() error {
 	if cap := sent.Add(h.l.cfg.loss); deadline.After(cap) {
 		deadline = cap
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(h.l.cfg.grace))
 	defer cancel()
 	var pid int
 	if err := h.conn.QueryRowContext(ctx, heartbeatSQL, h.l.cfg.heartbeat.Seconds()).Scan(&pid); err != nil {
-		return fmt.Errorf("heartbeat: %w", err)
+		return fmt.Errorf("heartbeat: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
 	if pid != h.pid {
-		return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, pid)
+		return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, pid), false
 	}
 	h.extend(sent)
-	return nil
+	return nil, false
+}
+
+// sessionEnded reports whether err says that the server ended the session
+// or the connection broke from the other side: an operator's terminate, a
+// shutdown, a crash-reset (class 57P0, class 08), or a closed or reset
+// socket. The lock is then free already, whatever this process does.
+func sessionEnded(err error) bool {
+	if st := sqlState(err); strings.HasPrefix(st, "57P0") || strings.HasPrefix(st, "08") {
+		return true
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, driver.ErrBadConn) || errors.Is(err, net.ErrClosed)
 }
 
 // unlockTries is how often cleanup tries to unlock: a cancel meant for the
