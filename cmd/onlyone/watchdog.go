@@ -32,7 +32,9 @@ package main
 //
 // Control messages, wrapper to watchdog, one a line on fd 3:
 //
-//	deadline N   kill by CLOCK_MONOTONIC time N (ns); 0: no deadline
+//	deadline N   kill by CLOCK_MONOTONIC time N (ns); a deadline only
+//	             moves forward: 0, a past value or a malformed line is
+//	             ignored
 //	signal N     deliver signal N to the command's group
 //	stop N       deliver N to the group (unless a stop signal was already
 //	             delivered), then SIGKILL every descendant after the
@@ -56,6 +58,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -192,15 +195,20 @@ func (w *watchdog) run(argv []string, control io.Reader, sigs <-chan os.Signal, 
 		expiryTimer  *time.Timer
 		status       syscall.WaitStatus
 	)
+	var current int64 // the deadline in force; 0: none
 	setDeadline := func(d int64) {
+		// A deadline only moves forward: a malformed line (which parses
+		// as 0), a zero or an older value must never remove or shorten
+		// the bound on a wrapper that may be frozen.
+		if d <= 0 || d <= current {
+			return
+		}
 		if expiryTimer != nil {
 			expiryTimer.Stop()
-			expiry = nil
 		}
-		if d != 0 {
-			expiryTimer = time.NewTimer(time.Duration(d - monoNow()))
-			expiry = expiryTimer.C
-		}
+		current = d
+		expiryTimer = time.NewTimer(time.Duration(d - monoNow()))
+		expiry = expiryTimer.C
 	}
 	setDeadline(deadline)
 	stop := func(sig syscall.Signal) {
@@ -225,7 +233,10 @@ wait:
 				continue
 			}
 			verb, arg, _ := strings.Cut(line, " ")
-			n, _ := strconv.ParseInt(arg, 10, 64)
+			n, err := strconv.ParseInt(arg, 10, 64)
+			if err != nil {
+				continue // not a line the wrapper writes
+			}
 			switch verb {
 			case "deadline":
 				setDeadline(n)
@@ -247,6 +258,7 @@ wait:
 			}
 		case <-expiry:
 			expiry = nil
+			current = math.MaxInt64 // expired for good: no line revives it
 			fmt.Fprintln(w.stderr, "onlyone: the wrapper stopped vouching for the lock (frozen or stuck): stopping the command")
 			w.send("expired")
 			stop(syscall.SIGTERM)

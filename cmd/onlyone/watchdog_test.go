@@ -277,6 +277,9 @@ func TestWatchdogDeadline(t *testing.T) {
 		t.Fatalf("report %q while the deadline was being extended", r)
 	default:
 	}
+	// Malformed or zero deadlines (a torn or garbled line) must not
+	// remove the deadline: it only moves forward.
+	fmt.Fprintf(p.control, "deadline 0\ndeadline\ndeadline 12x\ndeadline -5\n")
 	stopped := time.Now()
 	if r := p.next(t); r != "expired" {
 		t.Fatalf("report %q, want expired", r)
