@@ -44,6 +44,7 @@ type commandRunner struct {
 	tty      bool   // give the command the terminal
 	every    time.Duration
 	ledger   *once.Ledger
+	conns    *connSet // the pool's live connections, held by the watchdog too
 
 	mu       sync.Mutex
 	ctrl     *os.File       // the running watchdog's control pipe, or nil
@@ -151,7 +152,9 @@ func (c *commandRunner) run(ctx context.Context) error {
 		startErr string
 		expired  bool
 		ctxDone  = ctx.Done()
+		cmdPID   int // the command's, from the watchdog's report
 		backstop <-chan time.Time
+		lastStop <-chan time.Time
 	)
 	for reports != nil {
 		select {
@@ -162,6 +165,8 @@ func (c *commandRunner) run(ctx context.Context) error {
 			}
 			verb, arg, _ := strings.Cut(r, " ")
 			switch verb {
+			case "started":
+				cmdPID, _ = strconv.Atoi(arg)
 			case "exit":
 				code, _ = strconv.Atoi(arg)
 			case "error":
@@ -178,15 +183,25 @@ func (c *commandRunner) run(ctx context.Context) error {
 			c.stopping = true
 			c.send("stop %d", c.stopSig)
 			c.mu.Unlock()
-			backstop = time.After(c.shutdown + 2*killWait)
+			// The supervisor gives up on this function, and may exit
+			// the process, shutdown + killWait after ctx ended. Before
+			// that, whatever state the watchdog is in (stopped by
+			// someone, say), its descendants are killed from here: at
+			// the shutdown timeout, when the watchdog kills them too.
+			backstop = time.After(c.shutdown)
 		case <-backstop:
-			// The watchdog should have reported by now: end it, and what
-			// it runs, from here.
 			backstop = nil
-			fmt.Fprintln(c.stderr, "onlyone: the watchdog did not stop the command in time: killing them")
-			for _, pid := range descendants(cmd.Process.Pid) {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+			if _, state, ok := procStat(cmd.Process.Pid); ok && (state == 'T' || state == 't') {
+				fmt.Fprintln(c.stderr, "onlyone: the watchdog is stopped: killing the command and everything it started from here")
 			}
+			killTree(cmd.Process.Pid)
+			lastStop = time.After(killWait / 2)
+		case <-lastStop:
+			// The watchdog has not reported, half the time to kill
+			// later: end it; its report is lost.
+			lastStop = nil
+			fmt.Fprintln(c.stderr, "onlyone: the watchdog did not report in time: killing it")
+			killTree(cmd.Process.Pid)
 			_ = cmd.Process.Kill()
 		}
 	}
@@ -215,8 +230,13 @@ func (c *commandRunner) run(ctx context.Context) error {
 	}
 	if code < 0 {
 		// The watchdog was killed: its command died with it (its
-		// parent-death signal); end what is left of the group.
+		// parent-death signal); end what is left of its group and of the
+		// command's. (Neither id was reused yet: the watchdog was reaped
+		// an instant ago, the command's group lives while its members do.)
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if cmdPID > 0 && !c.tty {
+			_ = syscall.Kill(-cmdPID, syscall.SIGKILL)
+		}
 		return &commandError{code: -1, msg: fmt.Sprintf("the watchdog ended without reporting on the command (%v)", werr)}
 	}
 	c.mu.Lock()
@@ -253,8 +273,19 @@ func (c *commandRunner) startWatchdog(ctx context.Context, deadline int64) (*exe
 		ctrlW.Close()
 		return nil, nil, err
 	}
+	// Copies of the database connections' sockets, the lock's among them:
+	// the watchdog holds them until the command's whole tree is dead.
+	var dbFiles []*os.File
+	if c.conns != nil {
+		dbFiles = c.conns.dupAll()
+	}
+	defer func() {
+		for _, f := range dbFiles {
+			f.Close()
+		}
+	}()
 	args := append([]string{watchdogCommand, "--shutdown-timeout", c.shutdown.String(),
-		"--deadline", strconv.FormatInt(deadline, 10), "--"}, c.args...)
+		"--deadline", strconv.FormatInt(deadline, 10), "--db-fds", strconv.Itoa(len(dbFiles)), "--tty=" + strconv.FormatBool(c.tty), "--"}, c.args...)
 	// /proc/self/exe, not os.Executable(): it still works after a deploy
 	// replaced the binary on disk.
 	cmd := exec.Command("/proc/self/exe", args...)
@@ -264,7 +295,7 @@ func (c *commandRunner) startWatchdog(ctx context.Context, deadline int64) (*exe
 		cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], "ONLYONE_FENCING_TOKEN="+strconv.FormatUint(tok, 10))
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.stdout, c.stderr
-	cmd.ExtraFiles = []*os.File{ctrlR, repW} // controlFD, reportFD
+	cmd.ExtraFiles = append([]*os.File{ctrlR, repW}, dbFiles...) // controlFD, reportFD, firstDBFD...
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: deathSignal}
 	if c.tty {
 		cmd.SysProcAttr.Foreground, cmd.SysProcAttr.Ctty = true, 0

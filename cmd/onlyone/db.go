@@ -11,12 +11,16 @@ import (
 )
 
 // openDB opens a pool on url with pgx, without connecting. The password
-// never appears in what it returns: it is parsed out first.
-func openDB(url string) (*sql.DB, redactor, error) {
+// never appears in what it returns: it is parsed out first. When conns
+// is not nil, it records every connection the pool dials.
+func openDB(url string, conns *connSet) (*sql.DB, redactor, error) {
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
 		// pgx's parse errors do not repeat the password, but be sure.
 		return nil, redactor{}, fmt.Errorf("bad database URL: %s", redactPassword(url, err.Error()))
+	}
+	if conns != nil {
+		cfg.DialFunc = conns.wrap(cfg.DialFunc)
 	}
 	return stdlib.OpenDB(*cfg), redactor{secret: cfg.Password}, nil
 }
@@ -33,7 +37,7 @@ func reach(ctx context.Context, db *sql.DB, r redactor) error {
 
 // openReached is openDB, then reach.
 func openReached(ctx context.Context, url string) (*sql.DB, redactor, error) {
-	db, r, err := openDB(url)
+	db, r, err := openDB(url, nil)
 	if err != nil {
 		return nil, r, err
 	}

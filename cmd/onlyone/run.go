@@ -76,7 +76,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, err.Error())
 	}
-	db, red, err := openDB(url)
+	conns := &connSet{}
+	db, red, err := openDB(url, conns)
 	if err != nil {
 		fmt.Fprintf(stderr, "onlyone: %v\n", err)
 		return exitError
@@ -126,6 +127,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		stop:     func() { cancel(nil) },
 		stopSig:  syscall.SIGTERM,
 		tty:      foregroundTTY(),
+		conns:    conns,
 	}
 	if *every > 0 {
 		c.every, c.ledger = *every, &once.Ledger{DB: db, Table: *table}

@@ -65,6 +65,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -78,6 +79,7 @@ const watchdogCommand = "__watchdog"
 const (
 	controlFD = 3
 	reportFD  = 4
+	firstDBFD = 5 // then --db-fds copies of database sockets
 )
 
 // deathSignal is the watchdog's parent-death signal: one it can catch.
@@ -100,6 +102,8 @@ func watchdogMain(args []string, stderr io.Writer) int {
 	fset.SetOutput(stderr)
 	shutdown := fset.Duration("shutdown-timeout", 5*time.Second, "")
 	deadline := fset.Int64("deadline", 0, "")
+	dbFDs := fset.Int("db-fds", 0, "")
+	tty := fset.Bool("tty", false, "")
 	if err := fset.Parse(args); err != nil || fset.NArg() == 0 {
 		fmt.Fprintln(stderr, "onlyone: the watchdog is started by onlyone run, not by hand")
 		return exitUsage
@@ -107,11 +111,17 @@ func watchdogMain(args []string, stderr io.Writer) int {
 	ppid := os.Getppid()
 	syscall.CloseOnExec(controlFD)
 	syscall.CloseOnExec(reportFD)
+	for fd := firstDBFD; fd < firstDBFD+*dbFDs; fd++ {
+		// Held, never used, until this process exits; the command must
+		// not get an authenticated database session.
+		syscall.CloseOnExec(fd)
+	}
 	w := &watchdog{
 		shutdown: *shutdown,
 		report:   os.NewFile(reportFD, "report"),
 		stderr:   stderr,
 		pgid:     syscall.Getpgrp(),
+		ownGroup: !*tty,
 	}
 	control := os.NewFile(controlFD, "control")
 	if control == nil || w.report == nil {
@@ -143,9 +153,13 @@ type watchdog struct {
 	shutdown time.Duration
 	report   *os.File
 	stderr   io.Writer
-	pgid     int
+	pgid     int  // the watchdog's process group
+	ownGroup bool // the command leads a group of its own (no terminal)
 
-	pid       int            // the command's
+	pid       int // the command's
+	group     int // the command's process group: pid, or pgid
+	mu        sync.Mutex
+	cmdReaped bool           // pid is reaped: it may name another process now
 	stopping  bool           // a stop signal was delivered
 	delivered syscall.Signal // the stop signal delivered, if any
 }
@@ -160,10 +174,17 @@ func (w *watchdog) run(argv []string, control io.Reader, sigs <-chan os.Signal, 
 		w.pid, err = syscall.ForkExec(path, argv, &syscall.ProcAttr{
 			Env:   os.Environ(),
 			Files: []uintptr{0, 1, 2},
-			// In the watchdog's group: signals to the group reach it.
-			// Should the watchdog itself be killed, so is the command.
-			Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL},
+			// Without a terminal, in a group of its own, which one
+			// kill(2) ends. Under a terminal, in the watchdog's group,
+			// the terminal's foreground group: a ^C reaches the
+			// watchdog too. Should the watchdog itself be killed, so is
+			// the command.
+			Sys: &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: w.ownGroup},
 		})
+	}
+	w.group = w.pgid
+	if w.ownGroup {
+		w.group = w.pid
 	}
 	if err != nil {
 		code := 1 // the shell's conventions: 127 not found, 126 not executable
@@ -216,7 +237,7 @@ func (w *watchdog) run(argv []string, control io.Reader, sigs <-chan os.Signal, 
 			return
 		}
 		w.stopping, w.delivered = true, sig
-		_ = syscall.Kill(-w.pgid, sig)
+		_ = syscall.Kill(-w.group, sig)
 		kill = time.After(w.shutdown)
 	}
 wait:
@@ -241,20 +262,34 @@ wait:
 			case "deadline":
 				setDeadline(n)
 			case "signal":
-				_ = syscall.Kill(-w.pgid, syscall.Signal(n))
+				_ = syscall.Kill(-w.group, syscall.Signal(n))
 			case "stop":
 				stop(syscall.Signal(n))
 			}
 		case sig := <-sigs:
+			n := sig.(syscall.Signal)
 			switch {
-			case sig == deathSignal && os.Getppid() != ppid:
-				fmt.Fprintln(w.stderr, "onlyone: the wrapper died: killing the command and everything it started")
-				w.killAll()
-			case (sig == syscall.SIGINT || sig == syscall.SIGTERM) && !w.stopping:
-				// Sent to the whole group (a terminal): the command has it.
-				w.stopping, w.delivered = true, sig.(syscall.Signal)
-				kill = time.After(w.shutdown)
-				w.send("signal %d", sig)
+			case n == deathSignal:
+				if os.Getppid() != ppid {
+					fmt.Fprintln(w.stderr, "onlyone: the wrapper died: killing the command and everything it started")
+					w.killAll()
+				}
+			case n != syscall.SIGINT && n != syscall.SIGTERM:
+				if w.ownGroup {
+					// Sent to the watchdog's group (kill -- -PGID): it goes
+					// on to the command's, as to one group.
+					_ = syscall.Kill(-w.group, n)
+				}
+			default:
+				if w.ownGroup {
+					_ = syscall.Kill(-w.group, n)
+				}
+				if !w.stopping {
+					// Sent to the whole group (a terminal): the command has it.
+					w.stopping, w.delivered = true, n
+					kill = time.After(w.shutdown)
+					w.send("signal %d", n)
+				}
 			}
 		case <-expiry:
 			expiry = nil
@@ -289,37 +324,72 @@ wait:
 // reap waits for every child, the command and any orphaned descendant
 // handed to this subreaper, and reports the command's status. It returns
 // when no child is left.
+//
+// It waits without reaping (WNOWAIT) for a child to end, then reaps under
+// w.mu: killAll signals the command's group only while the command is not
+// reaped, so the group's id cannot name someone else's group by then.
 func (w *watchdog) reap(exited chan<- syscall.WaitStatus, reaped chan<- struct{}) {
 	defer close(reaped)
 	for {
-		var ws syscall.WaitStatus
-		pid, err := syscall.Wait4(-1, &ws, 0, nil)
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		switch {
 		case errors.Is(err, syscall.EINTR):
+			continue
 		case err != nil:
 			return // ECHILD: nothing left
-		case pid == w.pid && (ws.Exited() || ws.Signaled()):
-			exited <- ws
 		}
+		w.mu.Lock()
+		for {
+			var ws syscall.WaitStatus
+			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			if err != nil || pid <= 0 {
+				break
+			}
+			if pid == w.pid && (ws.Exited() || ws.Signaled()) {
+				w.cmdReaped = true
+				exited <- ws // buffered: sent once
+			}
+		}
+		w.mu.Unlock()
 	}
 }
 
 // killAll SIGKILLs every descendant of the watchdog until none is left.
-// A killed process's orphans are handed to the watchdog (a subreaper), so
-// each pass finds what the last one orphaned.
+//
+// Without a terminal, the command's process group goes first, with one
+// kill(2): the command and all of its group at once, before the /proc
+// sweep finds what left the group (setsid daemons).
 func (w *watchdog) killAll() {
-	self := os.Getpid()
+	w.mu.Lock()
+	if w.ownGroup && !w.cmdReaped {
+		_ = syscall.Kill(-w.group, syscall.SIGKILL)
+	}
+	w.mu.Unlock()
+	if !killTree(os.Getpid()) {
+		fmt.Fprintln(w.stderr, "onlyone: descendants of the command survive SIGKILL (uninterruptible sleep?)")
+	}
+}
+
+// killTree SIGKILLs every descendant of root until none is left, and
+// reports whether none is. A killed process's orphans go to the nearest
+// subreaper (the watchdog), so each pass finds what the last one
+// orphaned.
+func killTree(root int) bool {
 	for pass := 0; pass < 100; pass++ {
-		pids := descendants(self)
+		pids := descendants(root)
 		if len(pids) == 0 {
-			return
+			return true
 		}
 		for _, pid := range pids {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		time.Sleep(time.Millisecond) // let the kernel hand the orphans over
 	}
-	fmt.Fprintln(w.stderr, "onlyone: descendants of the command survive SIGKILL (uninterruptible sleep?)")
+	return false
 }
 
 // descendants returns the live (not zombie) descendants of pid, from /proc.
