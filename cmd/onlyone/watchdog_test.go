@@ -19,41 +19,158 @@ import (
 )
 
 // The command, its child and a double-forked setsid daemon all die with a
-// SIGKILLed wrapper, within 2 s.
+// SIGKILLed wrapper, within 2 s, and before the command of a node that
+// was waiting for the lock starts: the watchdog holds copies of the
+// wrapper's database sockets until the whole tree is dead, so the server
+// cannot see the session end, and grant the lock, before. In the first
+// trial the watchdog is stopped for a second around the kill, which
+// widens the window: were the server to see the session end with the
+// wrapper, the waiter would start while the tree still runs.
 func TestWrapperKilledTakesTheWholeTreeWithIt(t *testing.T) {
+	srv := pglocal.Shared(t)
+	script := `sleep 300 & echo $! > "$D/child"
+( setsid sh -c 'echo $$ > "$D/daemon.tmp"; mv "$D/daemon.tmp" "$D/daemon"; exec sleep 300' & )
+ls -l /proc/$$/fd > "$D/fds"
+echo $$ > "$D/command"
+wait`
+	// The waiter's command first records, with shell builtins only, what
+	// /proc says of each of the old tree's processes.
+	waiter := `for p in $P; do read -r l < /proc/$p/stat && echo "$l" >> "$D/seen"; done 2>/dev/null; touch "$D/b"; exec sleep 300`
+	for trial := 0; trial < 3; trial++ {
+		t.Run(fmt.Sprint("trial", trial), func(t *testing.T) {
+			dir, name := t.TempDir(), uniqueName(t)
+			w := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", name, "--", "sh", "-c", script)
+			poll(t, "the command, its child and the daemon start", func() bool {
+				return exists(filepath.Join(dir, "command")) && exists(filepath.Join(dir, "child")) && exists(filepath.Join(dir, "daemon"))
+			})
+			pids := map[string]int{}
+			var list []string
+			for _, f := range []string{"command", "child", "daemon"} {
+				pids[f] = readPID(t, filepath.Join(dir, f))
+				list = append(list, itoa(pids[f]))
+				if !alive(pids[f]) {
+					t.Fatalf("the %s (pid %d) is not running", f, pids[f])
+				}
+			}
+			if sid, _ := unix.Getsid(pids["daemon"]); sid != pids["daemon"] {
+				t.Fatalf("the daemon's session is %d, want its own (%d): the test does not test setsid", sid, pids["daemon"])
+			}
+			if fds, _ := os.ReadFile(filepath.Join(dir, "fds")); bytes.Contains(fds, []byte("socket:")) {
+				t.Fatalf("the command has a socket open (the watchdog's copies of the database's must not reach it):\n%s", fds)
+			}
+			b := start(t, srv.URL, []string{"D=" + dir, "P=" + strings.Join(list, " ")}, "run", "--name", name, "--", "sh", "-c", waiter)
+			poll(t, "the other node waits for the lock", func() bool { return strings.Contains(b.stderr.String(), "waiting") })
+
+			watchdog, _, ok := procStat(pids["command"])
+			if !ok {
+				t.Fatal("cannot find the watchdog")
+			}
+			if trial == 0 {
+				// The test adopts the killed wrapper's watchdog (a
+				// subreaper): else its group, orphaned with a stopped
+				// member, would get SIGCONT from the kernel at once.
+				if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+				if err := syscall.Kill(watchdog, syscall.SIGSTOP); err != nil {
+					t.Fatal(err)
+				}
+				defer syscall.Kill(watchdog, syscall.SIGCONT)
+			}
+			w.signal(t, syscall.SIGKILL)
+			killed := time.Now()
+			if trial == 0 {
+				// Not a synchronisation: the window in which the waiter
+				// must not start.
+				time.Sleep(time.Second)
+				if exists(filepath.Join(dir, "b")) {
+					seen, _ := os.ReadFile(filepath.Join(dir, "seen"))
+					t.Errorf("the waiter's command started while the killed wrapper's watchdog was stopped; it saw:\n%s\nthe waiter's stderr:\n%s\nthe killed one's:\n%s", seen, b.stderr.String(), w.stderr.String())
+				}
+				if err := syscall.Kill(watchdog, syscall.SIGCONT); err != nil {
+					t.Fatal(err)
+				}
+				killed = time.Now()
+			}
+			for time.Since(killed) < 2*time.Second {
+				if !alive(pids["command"]) && !alive(pids["child"]) && !alive(pids["daemon"]) {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			gone := time.Since(killed)
+			if trial == 0 {
+				poll(t, "the adopted watchdog exits", func() bool {
+					var ws syscall.WaitStatus
+					pid, err := syscall.Wait4(watchdog, &ws, syscall.WNOHANG, nil)
+					return pid == watchdog || err != nil
+				})
+			}
+			for f, pid := range pids {
+				if alive(pid) {
+					t.Errorf("the %s (pid %d) still runs 2s after the wrapper was killed", f, pid)
+				}
+			}
+			poll(t, "the waiter's command starts", func() bool { return exists(filepath.Join(dir, "b")) })
+			t.Logf("all gone %v after the SIGKILL (or SIGCONT); the waiter's command started %v after", gone.Round(time.Millisecond), time.Since(killed).Round(time.Millisecond))
+			seen, _ := os.ReadFile(filepath.Join(dir, "seen"))
+			for _, l := range strings.Split(strings.TrimSpace(string(seen)), "\n") {
+				if i := strings.LastIndexByte(l, ')'); i > 0 && i+2 < len(l) && l[i+2] != 'Z' && l[i+2] != 'X' {
+					t.Errorf("the old tree still ran when the waiter's command started: %q", l)
+				}
+			}
+			b.signal(t, syscall.SIGTERM)
+			b.wait(t)
+		})
+	}
+}
+
+// A stopped watchdog (kill -STOP) cannot keep the command's tree alive
+// past a stop: the wrapper kills the watchdog's descendants itself at the
+// shutdown timeout, so they are all dead while it still runs. (Once the
+// wrapper is gone, the kernel would continue the orphaned, stopped
+// watchdog, which would then kill them: too late.)
+func TestStoppedWatchdogTreeDiesBeforeTheWrapperExits(t *testing.T) {
 	srv := pglocal.Shared(t)
 	dir := t.TempDir()
 	script := `sleep 300 & echo $! > "$D/child"
 ( setsid sh -c 'echo $$ > "$D/daemon.tmp"; mv "$D/daemon.tmp" "$D/daemon"; exec sleep 300' & )
 echo $$ > "$D/command"
 wait`
-	w := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", uniqueName(t), "--", "sh", "-c", script)
+	w := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", uniqueName(t), "--shutdown-timeout", "1s", "--", "sh", "-c", script)
 	poll(t, "the command, its child and the daemon start", func() bool {
 		return exists(filepath.Join(dir, "command")) && exists(filepath.Join(dir, "child")) && exists(filepath.Join(dir, "daemon"))
 	})
 	pids := map[string]int{}
 	for _, f := range []string{"command", "child", "daemon"} {
 		pids[f] = readPID(t, filepath.Join(dir, f))
-		if !alive(pids[f]) {
-			t.Fatalf("the %s (pid %d) is not running", f, pids[f])
-		}
 	}
-	if sid, _ := unix.Getsid(pids["daemon"]); sid != pids["daemon"] {
-		t.Fatalf("the daemon's session is %d, want its own (%d): the test does not test setsid", sid, pids["daemon"])
+	watchdog, _, ok := procStat(pids["command"])
+	if !ok {
+		t.Fatal("cannot find the watchdog")
 	}
-	w.signal(t, syscall.SIGKILL)
-	killed := time.Now()
-	for time.Since(killed) < 2*time.Second {
-		if !alive(pids["command"]) && !alive(pids["child"]) && !alive(pids["daemon"]) {
-			t.Logf("all gone %v after the SIGKILL", time.Since(killed).Round(time.Millisecond))
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := syscall.Kill(watchdog, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
 	}
+	defer syscall.Kill(watchdog, syscall.SIGCONT)
+	w.signal(t, syscall.SIGTERM)
+	// (Not w.done: that waits for the output pipes, which the tree holds.)
+	wrapperGone := func() bool { return !alive(w.cmd.Process.Pid) }
+	poll(t, "the tree dies or the wrapper exits", func() bool {
+		return wrapperGone() || !alive(pids["command"]) && !alive(pids["child"]) && !alive(pids["daemon"])
+	})
+	if wrapperGone() {
+		t.Errorf("the wrapper exited before the tree of its stopped watchdog was dead; stderr:\n%s", w.stderr.String())
+	}
+	w.wait(t)
 	for f, pid := range pids {
 		if alive(pid) {
-			t.Errorf("the %s (pid %d) still runs 2s after the wrapper was killed", f, pid)
+			t.Errorf("the %s (pid %d) still runs after the wrapper exited; stderr:\n%s", f, pid, w.stderr.String())
 		}
+	}
+	if !strings.Contains(w.stderr.String(), "the watchdog is stopped") {
+		t.Errorf("the wrapper did not say why it killed the command itself; stderr:\n%s", w.stderr.String())
 	}
 }
 
