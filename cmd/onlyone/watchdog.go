@@ -5,14 +5,24 @@ package main
 // command. It is the dead man's switch that keeps the command's whole
 // process tree from outliving the lock, whatever happens to the wrapper:
 //
-//   - It leads the command's process group and is a child subreaper
-//     (PR_SET_CHILD_SUBREAPER): a daemon that double-forks or calls setsid
-//     leaves the group but stays its descendant, so it can be found and
-//     killed.
+//   - It is a child subreaper (PR_SET_CHILD_SUBREAPER): a daemon that
+//     double-forks or calls setsid leaves the command's process group but
+//     stays the watchdog's descendant, so it can be found and killed.
+//     Without a terminal the command leads a process group of its own, and
+//     a kill starts with one kill(2) of that group; under a terminal the
+//     command stays in the watchdog's group, the terminal's foreground
+//     group, so that a ^C reaches the watchdog too.
 //   - It learns of the wrapper's death at once: the control pipe closes
 //     (the kernel closes it when the wrapper dies, however), and a
 //     parent-death signal (SIGUSR2) arrives. Either way it SIGKILLs every
-//     descendant at once: the server frees a dead wrapper's lock at once.
+//     descendant at once.
+//   - It holds copies (dup) of the wrapper's database sockets, the lock's
+//     among them, taken when it was started with the lock held (fds 5…,
+//     close-on-exec: the command never gets them). A connection ends for
+//     the server only when its last copy is closed, and the watchdog
+//     closes its copies by exiting, after every descendant is dead. So
+//     when the wrapper is SIGKILLed, the server cannot see its session
+//     end, and grant the lock elsewhere, while the command's tree lives.
 //   - It holds a deadline that only the wrapper extends, after each
 //     heartbeat that succeeded, to the moment the lock is vouched for
 //     (locker.VouchedUntil). A frozen or stuck wrapper stops extending it;
@@ -30,11 +40,25 @@ package main
 // with Margin ≥ 1s (postgres.MinMargin). So the command is gone a margin
 // before anyone else can be granted the lock.
 //
+// The arithmetic of a wrapper killed at t0: the lock's session is left
+// idle, and the server can end it in two ways. (a) When the last copy of
+// its socket closes: the watchdog's, once it has SIGKILLed the tree and
+// reaped it (or waited killWait for that), so after the tree is dead.
+// (b) By idle_session_timeout, SessionTimeout after its last query, sent
+// at or after the send time of the last good heartbeat: no earlier than
+// D - LossTimeout + SessionTimeout = D + Grace + Margin, with D as above.
+// If t0 ≤ D, the tree is dead by t0 + killWait ≤ D + killWait < D + Grace
+// (it takes milliseconds: a group kill and a /proc sweep); if t0 > D, the
+// deadline already stopped it by D + Grace. Either way it is dead at
+// least Margin before (b). (A descendant that survives SIGKILL, in
+// uninterruptible sleep, is the exception: the watchdog exits killWait
+// after the kill whatever, and says so.)
+//
 // Control messages, wrapper to watchdog, one a line on fd 3:
 //
 //	deadline N   kill by CLOCK_MONOTONIC time N (ns); a deadline only
-//	             moves forward: 0, a past value or a malformed line is
-//	             ignored
+//	             moves forward: 0, an older value or a malformed line
+//	             is ignored, and an expired one stays expired
 //	signal N     deliver signal N to the command's group
 //	stop N       deliver N to the group (unless a stop signal was already
 //	             delivered), then SIGKILL every descendant after the
