@@ -277,7 +277,13 @@ func (c *commandRunner) startWatchdog(ctx context.Context, deadline int64) (*exe
 	// the watchdog holds them until the command's whole tree is dead.
 	var dbFiles []*os.File
 	if c.conns != nil {
-		dbFiles = c.conns.dupAll()
+		var derr error
+		if dbFiles, derr = c.conns.dupAll(); derr != nil {
+			// Still safe against a frozen onlyone (the deadline); but if
+			// it is SIGKILLed, the server may free the lock a few
+			// milliseconds before the command's tree is dead.
+			fmt.Fprintf(c.stderr, "onlyone: cannot give the watchdog a copy of a database connection (%v): should onlyone be killed, the lock may be freed a moment before the command is dead\n", derr)
+		}
 	}
 	defer func() {
 		for _, f := range dbFiles {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -41,28 +43,31 @@ func (s *connSet) wrap(dial func(ctx context.Context, network, addr string) (net
 // dupAll returns a copy (dup(2), close-on-exec) of the socket of each
 // live connection; the caller closes them. The copies are os.NewFile's
 // own, not net's File(): passing one of those to a child (its Fd method)
-// would put the shared socket into blocking mode under the pool.
-func (s *connSet) dupAll() []*os.File {
+// would put the shared socket into blocking mode under the pool. err is
+// the first failure to copy one; the others are copied all the same.
+func (s *connSet) dupAll() (out []*os.File, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*os.File
 	for c := range s.conns {
 		sc, ok := c.Conn.(syscall.Conn)
 		if !ok {
+			err = cmp.Or(err, fmt.Errorf("a %T has no file descriptor", c.Conn))
 			continue
 		}
-		raw, err := sc.SyscallConn()
-		if err != nil {
-			continue
-		}
-		_ = raw.Control(func(fd uintptr) {
-			nfd, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
-			if err == nil {
+		raw, rerr := sc.SyscallConn()
+		if rerr == nil {
+			rerr = raw.Control(func(fd uintptr) {
+				nfd, derr := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+				if derr != nil {
+					err = cmp.Or(err, derr)
+					return
+				}
 				out = append(out, os.NewFile(uintptr(nfd), "database connection"))
-			}
-		})
+			})
+		}
+		err = cmp.Or(err, rerr)
 	}
-	return out
+	return out, err
 }
 
 // A trackedConn leaves its set when it is closed.

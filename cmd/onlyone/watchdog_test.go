@@ -55,6 +55,9 @@ wait`
 			if sid, _ := unix.Getsid(pids["daemon"]); sid != pids["daemon"] {
 				t.Fatalf("the daemon's session is %d, want its own (%d): the test does not test setsid", sid, pids["daemon"])
 			}
+			if pg, _ := syscall.Getpgid(pids["command"]); pg != pids["command"] {
+				t.Errorf("the command's process group is %d, want its own (%d): one kill(2) cannot end it", pg, pids["command"])
+			}
 			if fds, _ := os.ReadFile(filepath.Join(dir, "fds")); bytes.Contains(fds, []byte("socket:")) {
 				t.Fatalf("the command has a socket open (the watchdog's copies of the database's must not reach it):\n%s", fds)
 			}
