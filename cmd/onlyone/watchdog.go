@@ -291,29 +291,17 @@ wait:
 				stop(syscall.Signal(n))
 			}
 		case sig := <-sigs:
-			n := sig.(syscall.Signal)
 			switch {
-			case n == deathSignal:
-				if os.Getppid() != ppid {
-					fmt.Fprintln(w.stderr, "onlyone: the wrapper died: killing the command and everything it started")
-					w.killAll()
-				}
-			case n != syscall.SIGINT && n != syscall.SIGTERM:
-				if w.ownGroup {
-					// Sent to the watchdog's group (kill -- -PGID): it goes
-					// on to the command's, as to one group.
-					_ = syscall.Kill(-w.group, n)
-				}
-			default:
-				if w.ownGroup {
-					_ = syscall.Kill(-w.group, n)
-				}
-				if !w.stopping {
-					// Sent to the whole group (a terminal): the command has it.
-					w.stopping, w.delivered = true, n
-					kill = time.After(w.shutdown)
-					w.send("signal %d", n)
-				}
+			case sig == deathSignal && os.Getppid() != ppid:
+				fmt.Fprintln(w.stderr, "onlyone: the wrapper died: killing the command and everything it started")
+				w.killAll()
+			case (sig == syscall.SIGINT || sig == syscall.SIGTERM) && !w.stopping:
+				// Sent to the terminal's foreground group (a ^C), or to
+				// every process (a service manager's stop): the command
+				// has it. Not passed on: it would get it twice.
+				w.stopping, w.delivered = true, sig.(syscall.Signal)
+				kill = time.After(w.shutdown)
+				w.send("signal %d", sig)
 			}
 		case <-expiry:
 			expiry = nil
