@@ -108,7 +108,27 @@
 //     package supervise).
 //
 // These two windows are the only ones: a restart, a crash-reset and a
-// promotion are not windows (see the quarantine above). What else to know:
+// promotion are not windows (see the quarantine above). The guarantees
+// rest on assumptions the library cannot check from a session:
+//
+//   - Failover means the old primary's sessions are gone: its holders'
+//     sessions ended (it crashed, was stopped or fenced off) no later than
+//     the promotion. A failover tool that promotes a standby while the old
+//     primary still serves its clients (split brain) lets both grant the
+//     lock; nothing on the new server can tell.
+//   - The server's wall clock does not step forward: PostgreSQL's timeouts
+//     compare wall-clock times, so a step ends an idle session early by
+//     its size (and shortens the quarantine). Keep the clock slewed (NTP,
+//     chrony), not stepped.
+//   - Nothing between client and server ends a silent session sooner than
+//     SessionTimeout: a session-mode proxy's client idle or TCP timeout
+//     (PgBouncer's client_idle_timeout, HAProxy's timeout client), or, on
+//     the server's host, a kernel whose TCP gives up retransmitting sooner
+//     (net.ipv4.tcp_retries2 of 4 or less) while tcp_user_timeout is 0.
+//     Set such timeouts above SessionTimeout. (The session raises
+//     tcp_user_timeout and the keepalives where they were set lower.)
+//
+// What else to know:
 //
 //   - The quarantine costs a wait: a grant on a server that restarted,
 //     reset or was promoted less than SessionTimeout ago waits out the
