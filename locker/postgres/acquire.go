@@ -114,11 +114,9 @@ FROM pg_catalog.pg_control_checkpoint() c,
 // list evaluated. It reports the backend, whether it is a primary, whether
 // pg_locks shows the lock granted to it (never trust a driver's answer
 // about the lock: trust the server's), and the hold's fencing token — a
-// transaction id, assigned now that the lock is held, and forced to WAL
-// by a transactional logical message whose commit is flushed (without the
-// flush a crash can forget the id and hand it out again; setupSQL makes
-// sure synchronous_commit is not off) — and how long the statement waited,
-// by the server's clock.
+// transaction id, assigned now that the lock is held — and how long the
+// statement waited, by the server's clock. The token is made durable by
+// the hold's first statement (flushSQL), off the takeover path.
 //
 // One statement instead of a lock and then a verification saves a round
 // trip after the grant, where takeover latency is counted.
@@ -130,10 +128,9 @@ FROM pg_catalog.pg_control_checkpoint() c,
 // the checks.
 const lockSQL = `SELECT g.pid, pg_catalog.pg_is_in_recovery(), ` + heldByMe + `,
 	pg_catalog.txid_current(),
-	pg_catalog.pg_logical_emit_message(true, 'onlyone', $4)::text,
 	(extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000000)::bigint,
 	CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000
-		THEN pg_catalog.set_config('client_connection_check_interval', $5, false) END
+		THEN pg_catalog.set_config('client_connection_check_interval', $4, false) END
 FROM (SELECT pg_catalog.pg_advisory_lock($3), pg_catalog.pg_backend_pid() AS pid OFFSET 0) g`
 
 // detachAfter is how long acquire waits, once ctx is done, for the driver
@@ -313,14 +310,13 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 		vpid          int
 		standby, held bool
 		token, waited int64
-		lsn           string
 		checks        sql.NullString
 	)
 	for {
 		wctx, wcancel := context.WithTimeout(ctx, l.cfg.waitChunk+l.cfg.sessionTimeout)
 		sent = time.Now()
-		err = lock.QueryRowContext(wctx, int64(classid), int64(objid), l.key, "fencing token for lock "+l.label, ms(checkInterval)).
-			Scan(&vpid, &standby, &held, &token, &lsn, &waited, &checks)
+		err = lock.QueryRowContext(wctx, int64(classid), int64(objid), l.key, ms(checkInterval)).
+			Scan(&vpid, &standby, &held, &token, &waited, &checks)
 		wcancel()
 		if ctx.Err() != nil {
 			// Whatever the driver said, the lock may or may not be held

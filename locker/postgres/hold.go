@@ -25,10 +25,11 @@ type hold struct {
 	pid     int
 	token   uint64
 
-	lost  chan struct{} // closed by end, once
-	stop  chan struct{} // closed by release: the heartbeat must clean up
-	done  chan struct{} // closed when the heartbeat goroutine has ended
-	beats chan struct{} // a heartbeat succeeded (buffered, 1)
+	lost    chan struct{} // closed by end, once
+	durable chan struct{} // closed once the token is flushed to WAL
+	stop    chan struct{} // closed by release: the heartbeat must clean up
+	done    chan struct{} // closed when the heartbeat goroutine has ended
+	beats   chan struct{} // a heartbeat succeeded (buffered, 1)
 
 	stopOnce sync.Once
 
@@ -49,6 +50,7 @@ func newHold(l *Locker, conn *sql.Conn, b backend, token uint64, granted time.Ti
 		pid:      b.pid,
 		token:    token,
 		lost:     make(chan struct{}),
+		durable:  make(chan struct{}),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 		beats:    make(chan struct{}, 1),
@@ -166,7 +168,8 @@ func (h *hold) heartbeat() {
 		h.l.keepSpare()
 	}()
 	defer func() { <-spared }()
-	for {
+	err, dead := h.flush()
+	for err == nil {
 		select {
 		case <-h.lost:
 			// Released, or lost by the timer while no statement was in
@@ -175,22 +178,18 @@ func (h *hold) heartbeat() {
 			return
 		default:
 		}
-		err, dead := h.beat()
-		if err == nil {
-			continue
-		}
-		// Release may have interrupted the heartbeat (pg_cancel_backend):
-		// then it has ended the hold already, and this end does nothing.
-		h.end(&LostError{Lock: h.l.label, PID: h.pid, Cause: err})
-		if dead {
-			// The server ended the session: the lock is free already, and
-			// the pool gets its slot back at once.
-			destroy(h.conn)
-			return
-		}
-		h.finish()
+		err, dead = h.beat()
+	}
+	// Release may have interrupted the statement (pg_cancel_backend): then
+	// it has ended the hold already, and this end does nothing.
+	h.end(&LostError{Lock: h.l.label, PID: h.pid, Cause: err})
+	if dead {
+		// The server ended the session: the lock is free already, and the
+		// pool gets its slot back at once.
+		destroy(h.conn)
 		return
 	}
+	h.finish()
 }
 
 // finish cleans up after the hold ended while the session may still be
@@ -214,6 +213,28 @@ func (h *hold) finish() {
 	case <-t.C:
 	}
 	destroy(h.conn)
+}
+
+// flushSQL makes the hold's fencing token durable. The token is the
+// transaction id of the lock statement, whose commit wrote no WAL of its
+// own and so was not flushed: a crash could forget it and hand the id out
+// again. This statement's transaction writes a logical message and its
+// commit is flushed (synchronous_commit is at least local on the pinned
+// session); WAL is flushed in order, so the earlier commit is durable
+// too. Running it after the grant, not in the lock statement, keeps the
+// flush off the takeover path: Token waits for it instead.
+const flushSQL = `SELECT pg_catalog.pg_logical_emit_message(true, 'onlyone', $1)::text`
+
+// flush runs flushSQL, the hold's first statement, and then marks the
+// token durable. Its error and dead are as beat's.
+func (h *hold) flush() (err error, dead bool) {
+	ctx, cancel := context.WithDeadline(context.Background(), h.lastSent().Add(h.l.cfg.loss+h.l.cfg.grace))
+	defer cancel()
+	if _, err := h.conn.ExecContext(ctx, flushSQL, "fencing token for lock "+h.l.label); err != nil {
+		return fmt.Errorf("making the fencing token durable: %w", err), ctx.Err() == nil && sessionEnded(err)
+	}
+	close(h.durable)
+	return nil, false
 }
 
 // beat runs one heartbeat. dead reports that its error shows the session

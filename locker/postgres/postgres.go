@@ -109,16 +109,27 @@ func (l *Locker) Grace() time.Duration { return l.cfg.grace }
 func (l *Locker) SessionTimeout() time.Duration { return l.cfg.sessionTimeout }
 
 // Token returns the fencing token of the current hold: the transaction id
-// taken, and flushed to WAL, once the lock was granted. Transaction ids
+// taken once the lock was granted, and flushed to WAL. Transaction ids
 // only grow, across sessions, processes and server crashes, so each hold's
 // token is larger than every earlier one on this server. A failover to an
 // asynchronous replica can lose the newest ids and hand them out again.
-// Token returns false when l does not hold the lock.
+//
+// The flush follows the grant, so that Acquire returns without waiting
+// for the disk: Token waits for it (a millisecond or so) the first time it
+// is called in a hold, and at most until the hold is lost. Token returns
+// false when l does not hold the lock.
 func (l *Locker) Token() (uint64, bool) {
 	l.mu.Lock()
 	h := l.cur
 	l.mu.Unlock()
-	if h == nil || h.endErr() != nil {
+	if h == nil {
+		return 0, false
+	}
+	select {
+	case <-h.durable:
+	case <-h.lost:
+	}
+	if h.endErr() != nil {
 		return 0, false
 	}
 	return h.token, true
