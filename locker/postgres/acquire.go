@@ -243,8 +243,8 @@ func (l *Locker) reap(b backend) {
 func (l *Locker) signal(b backend, fn string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
 	defer cancel()
-	_, err := l.db.ExecContext(ctx, `SELECT pg_catalog.`+fn+`(pid) FROM pg_catalog.pg_stat_activity
-		WHERE pid = $1 AND backend_start::text = $2`, b.pid, b.start)
+	_, err := l.db.ExecContext(ctx, `SELECT pg_catalog.`+fn+`(pid) FROM pg_catalog.pg_stat_get_activity($1)
+		WHERE backend_start::text = $2`, b.pid, b.start)
 	return err
 }
 

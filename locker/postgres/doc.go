@@ -132,10 +132,13 @@
 // # Connections
 //
 // A holder pins one connection of the *sql.DB for as long as it holds the
-// lock, and a waiter one while it waits. Two moments borrow a second one
-// from the pool, briefly: Release, to interrupt the heartbeat in flight
-// (pg_cancel_backend) so that it can unlock at once, and an Acquire
-// cancelled while its backend waited, to end that backend. With a pool of
+// lock, and a waiter one while it waits. Release borrows a second one from
+// the pool for a moment, to interrupt the heartbeat in flight
+// (pg_cancel_backend) so that it can unlock at once; so that this costs
+// the hand-over no new session, a holder makes sure, once it holds the
+// lock, that the pool keeps one connection idle (opening one if none is,
+// and the application may use it meanwhile). An Acquire cancelled while
+// its backend waited borrows one too, to end that backend. With a pool of
 // one (SetMaxOpenConns(1)) a Locker still works: Release then waits for
 // the heartbeat to end by itself, at most HeartbeatInterval. The Locker
 // logs a warning when it pins the last connection the pool allows: the

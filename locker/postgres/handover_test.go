@@ -16,7 +16,8 @@ func TestGracefulHandover(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, e *env) {
 		ctx := context.Background()
 		name := uniqueName(t)
-		a, b := e.locker(t, name), e.locker(t, name) // a 1s heartbeat
+		// Two processes' pools; a 1s heartbeat.
+		a, b := e.locker(t, name), newLocker(t, open(t, e.driver, e.srv.URL), name)
 		if err := a.Acquire(ctx); err != nil {
 			t.Fatal(err)
 		}

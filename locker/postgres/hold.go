@@ -157,6 +157,7 @@ const heartbeatSQL = `SELECT pg_catalog.pg_backend_pid() FROM pg_catalog.pg_slee
 // h.conn.
 func (h *hold) heartbeat() {
 	defer close(h.done)
+	h.l.keepSpare()
 	for {
 		select {
 		case <-h.lost:
