@@ -10,6 +10,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/onlyone-go/onlyone/locker"
@@ -181,6 +182,8 @@ type run struct {
 	s *Session
 	h *hold // set before the heartbeat calls beat
 
+	poking atomic.Bool // a poke through the pool is in flight
+
 	stop  chan struct{} // closed by close: the watcher ends
 	done  chan struct{} // closed when the watcher has ended
 	ended chan struct{} // closed when watchLoss has ended
@@ -191,25 +194,25 @@ type run struct {
 	unlock    []int64          // released names to unlock at the next beat
 	ring      bool             // ring the doorbell at the next beat
 	bellHeld  bool
-	dirty     bool           // beat at once: there is work
-	live      []int64        // presence ids of the live Sessions, sorted, as of the last beat
-	freeSeen  map[int64]int  // names seen free and not taken, in how many beats in a row
-	keep      map[int64]bool // names taken past the share because nobody took them: never shed
-	rungFree  int            // free names left over when the doorbell last rang
-	fullUntil time.Time      // no takes before: the lock table was full
-	beatDone  chan struct{}  // closed and replaced after each beat
+	dirty     bool                // beat at once: there is work
+	live      []int64             // presence ids of the live Sessions, sorted, as of the last beat
+	freeSince map[int64]time.Time // names seen free and not taken in every beat since
+	keep      map[int64]bool      // names taken past the share because nobody took them: never shed
+	rungFree  int                 // free names left over when the doorbell last rang
+	fullUntil time.Time           // no takes before: the lock table was full
+	beatDone  chan struct{}       // closed and replaced after each beat
 }
 
 func newRun(s *Session) *run {
 	return &run{
-		s:        s,
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		ended:    make(chan struct{}),
-		claims:   map[int64]*grant{},
-		freeSeen: map[int64]int{},
-		keep:     map[int64]bool{},
-		beatDone: make(chan struct{}),
+		s:         s,
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		ended:     make(chan struct{}),
+		claims:    map[int64]*grant{},
+		freeSince: map[int64]time.Time{},
+		keep:      map[int64]bool{},
+		beatDone:  make(chan struct{}),
 	}
 }
 
@@ -389,8 +392,8 @@ func (r *run) drop(g *grant) <-chan struct{} {
 //     every name held;
 //  4. take free names ($7), as many as the share allows: ceil($8 / live
 //     Sessions) − $9 held already ($10 false: spreading off, all of them);
-//  5. take the names ($11) seen free for two beats in a row whatever the
-//     share: no other Session wanted them;
+//  5. take the names ($11) seen free for forceAfter heartbeats whatever
+//     the share: no other Session wanted them;
 //  6. report the wanted names still free, and a fencing token when it took
 //     any (a transaction id flushed to WAL, as lockSQL does).
 const beatSQL = `SELECT s.pid, b.bell, l.live, t.taken, f.forced, e.free,
@@ -479,6 +482,12 @@ func parseInt64s(s string) ([]int64, error) {
 	return out, nil
 }
 
+// forceAfter is how many heartbeat intervals a name this Session wants
+// must stay free before it takes it whatever its share: every Session under
+// its share would have taken it at its own beat by then, so no other
+// Session wants it.
+const forceAfter = 4
+
 // beat runs one Session heartbeat on h's connection (see beatSQL) and
 // hands out what it took. ok is false, with a nil error, for a beat that
 // the watcher interrupted on purpose or that found the lock table full:
@@ -502,7 +511,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		case g.held:
 			held++
 		case g.ended:
-		case r.freeSeen[k] >= 2:
+		case !r.freeSince[k].IsZero() && time.Since(r.freeSince[k]) > forceAfter*cfg.heartbeat:
 			forced = append(forced, k)
 		default:
 			cands = append(cands, k)
@@ -588,11 +597,15 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		g.token = uint64(token.Int64)
 		close(g.ready)
 	}
-	seen := map[int64]int{}
+	since := make(map[int64]time.Time, len(fr))
 	for _, k := range fr {
-		seen[k] = r.freeSeen[k] + 1
+		if t, ok := r.freeSince[k]; ok {
+			since[k] = t
+		} else {
+			since[k] = sent
+		}
 	}
-	r.freeSeen = seen
+	r.freeSince = since
 	// Free names left over that this Session is not taking: ring, so that
 	// the Session that watches this one looks (it may be under its share).
 	// Only when the number changed since the last ring, so that names no
@@ -807,9 +820,10 @@ func (r *run) watchConn(ctx context.Context) (*sql.Conn, error) {
 // release is carried out at once; where the pool has no connection to
 // spare it is carried out at the next beat (HeartbeatInterval).
 func (r *run) poke() {
-	if r.s.pres.lastConn() {
-		return
+	if r.s.pres.lastConn() || !r.poking.CompareAndSwap(false, true) {
+		return // no connection to spare, or a poke is on its way already
 	}
+	defer r.poking.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
 	defer cancel()
 	_, _ = r.s.db.ExecContext(ctx, pokeSQL, r.h.backend.pid, r.h.backend.start)
