@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,6 +91,7 @@ type cluster struct {
 	lastStart time.Time
 	closed    map[int]chan struct{}
 	frozen    map[int]bool // a node's events are ignored while it is frozen or dead
+	lateStops []time.Time  // when a frozen node, resumed, stopped its names
 	nodes     []*node
 }
 
@@ -155,6 +157,8 @@ func (c *cluster) event(n int, line string) {
 		c.lastStart = time.Now()
 	case len(f) == 3 && f[0] == "stop":
 		if c.frozen[n] {
+			ns, _ := strconv.ParseInt(f[2], 10, 64)
+			c.lateStops = append(c.lateStops, time.Unix(0, ns))
 			return
 		}
 		name, _ := strconv.Atoi(f[1])
@@ -294,8 +298,23 @@ func TestSessionNodes(t *testing.T) {
 			// frozen session after SessionTimeout 2.2s.
 			t.Errorf("a frozen node's names moved after %v, before its grace ended", took)
 		}
+		resumed := time.Now()
 		if err := p.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
+		}
+		// Resumed, the node must stop every name it ran at once: its loss
+		// deadline passed long ago.
+		eventually(t, 5*time.Second, "the resumed node stops its names", func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return len(c.lateStops) >= len(moved)
+		})
+		c.mu.Lock()
+		latest := slices.MaxFunc(c.lateStops, time.Time.Compare)
+		c.mu.Unlock()
+		t.Logf("resumed after %v frozen, the node stopped its %d names within %v", resumed.Sub(stopped).Round(time.Millisecond), len(moved), latest.Sub(resumed))
+		if latest.Sub(resumed) > time.Second {
+			t.Errorf("the resumed node ran names %v after SIGCONT, which others ran", latest.Sub(resumed))
 		}
 		c.checkOverlap()
 		_ = c.nodes[frozen].cmd.Process.Kill()
