@@ -255,7 +255,7 @@ func (r *run) watchLoss() {
 		if g.held {
 			g.endLocked(&LostError{Lock: g.label, PID: r.h.pid, Cause: cause})
 		} else {
-			g.endLocked(r.s.errorf("lock %s: the session ended while waiting: %w", g.label, cause))
+			g.endLocked(fmt.Errorf("session %08x ended while waiting: %w", r.s.id, cause))
 		}
 	}
 }
@@ -331,7 +331,7 @@ func (r *run) claim(ctx context.Context, g *grant) error {
 		select {
 		case <-other.gone:
 		case <-r.h.lost:
-			return r.s.errorf("lock %s: the session ended while waiting: %w", g.label, r.h.endErr())
+			return fmt.Errorf("session %08x ended while waiting: %w", r.s.id, r.h.endErr())
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -552,7 +552,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 			r.fullUntil = time.Now().Add(cfg.waitChunk)
 			for _, k := range append(cands, forced...) {
 				if g := r.claims[k]; g != nil && !g.held {
-					g.endLocked(r.s.errorf("lock %s: %w", g.label, ErrLockTableFull))
+					g.endLocked(fmt.Errorf("session %08x: %w", r.s.id, ErrLockTableFull))
 				}
 			}
 		}

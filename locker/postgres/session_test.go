@@ -142,4 +142,75 @@ func (e *env) sessions(t *testing.T, id string) int {
 	return n
 }
 
-var _ = errors.Is
+
+// TestSessionLockTableFull fills the server's shared lock table with
+// another session's locks: a Session's Acquire then fails with
+// ErrLockTableFull, clearly, and the names it holds stay held; once room
+// is made, the name is taken.
+func TestSessionLockTableFull(t *testing.T) {
+	srv := ownServer(t)
+	for _, d := range drivers {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, srv, d, srv.URL)
+			s := newSession(t, e.db, quick...)
+			base := uniqueName(t)
+			held := sessionLocker(t, s, base+".held")
+			if err := held.Acquire(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// Fill the table from another session, until the server refuses.
+			filler, err := e.admin.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer filler.Close()
+			n := 0
+			for ; n < 1_000_000; n += 100 {
+				_, err = filler.ExecContext(ctx, `SELECT pg_advisory_lock(k) FROM generate_series($1::bigint, $1::bigint + 99) k`, int64(n))
+				if err != nil {
+					break
+				}
+			}
+			if sqlStateOf(err) != "53200" {
+				t.Fatalf("filling the lock table: %v", err)
+			}
+			t.Logf("the lock table held about %d advisory locks", n)
+			more := sessionLocker(t, s, base+".more")
+			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			err = more.Acquire(actx)
+			if !errors.Is(err, postgres.ErrLockTableFull) {
+				t.Fatalf("Acquire with the lock table full: %v, want ErrLockTableFull", err)
+			}
+			t.Logf("Acquire: %v", err)
+			select {
+			case <-held.Lost():
+				t.Fatalf("a held name was lost when the table filled: %v", locker.Err(held))
+			default:
+			}
+			if _, err := filler.ExecContext(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
+				t.Fatal(err)
+			}
+			if err := more.Acquire(actx); err != nil {
+				t.Fatalf("Acquire once there is room: %v", err)
+			}
+			select {
+			case <-held.Lost():
+				t.Fatalf("a held name was lost: %v", locker.Err(held))
+			default:
+			}
+			_ = more.Release(ctx)
+			_ = held.Release(ctx)
+		})
+	}
+}
+
+// sqlStateOf returns the SQLSTATE of a driver error, or "".
+func sqlStateOf(err error) string {
+	var s interface{ SQLState() string }
+	if errors.As(err, &s) {
+		return s.SQLState()
+	}
+	return ""
+}
