@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -198,6 +197,7 @@ type run struct {
 	live      []int64             // presence ids of the live Sessions, sorted, as of the last beat
 	freeSince map[int64]time.Time // names seen free and not taken in every beat since
 	keep      map[int64]bool      // names taken past the share because nobody took them: never shed
+	shedAt    map[int64]time.Time // when this Session last shed a name
 	rungFree  int                 // free names left over when the doorbell last rang
 	fullUntil time.Time           // no takes before: the lock table was full
 	beatDone  chan struct{}       // closed and replaced after each beat
@@ -212,6 +212,7 @@ func newRun(s *Session) *run {
 		claims:    map[int64]*grant{},
 		freeSince: map[int64]time.Time{},
 		keep:      map[int64]bool{},
+		shedAt:    map[int64]time.Time{},
 		beatDone:  make(chan struct{}),
 	}
 }
@@ -390,8 +391,9 @@ func (r *run) drop(g *grant) <-chan struct{} {
 //     try to take it back at once), or take the bell if not held ($5 false);
 //  3. read pg_locks once: the live Sessions (presence keys, classid $6) and
 //     every name held;
-//  4. take free names ($7), as many as the share allows: ceil($8 / live
-//     Sessions) − $9 held already ($10 false: spreading off, all of them);
+//  4. take free names ($7), as many as the share allows: share($8 names
+//     wanted, live Sessions, this Session's id $13) − $9 held already ($10
+//     false: spreading off, all of them);
 //  5. take the names ($11) seen free for forceAfter heartbeats whatever
 //     the share: no other Session wanted them;
 //  6. report the wanted names still free, and a fencing token when it took
@@ -421,7 +423,9 @@ CROSS JOIN LATERAL (SELECT
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS taken FROM (
 		SELECT k FROM pg_catalog.unnest($7::bigint[]) k
 		WHERE pg_catalog.pg_try_advisory_lock(k)
-		LIMIT GREATEST(0, CASE WHEN $10 THEN ceil($8::float8 / GREATEST(pg_catalog.cardinality(l.live), 1))::int - $9 ELSE $8 END)) q) t
+		LIMIT GREATEST(0, CASE WHEN $10 THEN $8::int / GREATEST(pg_catalog.cardinality(l.live), 1)
+			+ CASE WHEN (SELECT count(*) FROM pg_catalog.unnest(l.live) x WHERE x < $13) < $8::int % GREATEST(pg_catalog.cardinality(l.live), 1) THEN 1 ELSE 0 END
+			- $9 ELSE $8 END)) q) t
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS forced FROM pg_catalog.unnest($11::bigint[]) k
 	WHERE k <> ALL (t.taken) AND pg_catalog.pg_try_advisory_lock(k)) f
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS free FROM (
@@ -482,11 +486,15 @@ func parseInt64s(s string) ([]int64, error) {
 	return out, nil
 }
 
-// forceAfter is how many heartbeat intervals a name this Session wants
-// must stay free before it takes it whatever its share: every Session under
-// its share would have taken it at its own beat by then, so no other
-// Session wants it.
-const forceAfter = 4
+// A name this Session wants that stays free for a HeartbeatInterval is
+// taken whatever the share: every Session under its share would have taken
+// it at its own beat by then, so no other Session wants it more. Except
+// for keepShedOff heartbeats after this Session shed it: the Session it
+// was shed for may not have taken it yet.
+const keepShedOff = 4
+
+// bellRetry is how soon a heartbeat tries again to take the doorbell back.
+const bellRetry = 20 * time.Millisecond
 
 // beat runs one Session heartbeat on h's connection (see beatSQL) and
 // hands out what it took. ok is false, with a nil error, for a beat that
@@ -496,10 +504,13 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	cfg := r.s.cfg
 	r.mu.Lock()
 	sleep := cfg.heartbeat.Seconds()
-	if r.dirty || len(r.unlock) > 0 || r.ring {
+	switch {
+	case r.dirty || len(r.unlock) > 0 || r.ring && r.bellHeld:
 		sleep = 0
-	} else if !r.bellHeld {
-		sleep = min(sleep, 0.02)
+	case !r.bellHeld:
+		// The doorbell is down after a ring until the watcher that was
+		// granted it lets go: take it back soon (a ring waits for it).
+		sleep = min(sleep, bellRetry.Seconds())
 	}
 	r.dirty = false
 	unlock := slices.Clone(r.unlock)
@@ -511,7 +522,8 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		case g.held:
 			held++
 		case g.ended:
-		case !r.freeSince[k].IsZero() && time.Since(r.freeSince[k]) > forceAfter*cfg.heartbeat:
+		case !r.freeSince[k].IsZero() && time.Since(r.freeSince[k]) >= cfg.heartbeat &&
+			time.Since(r.shedAt[k]) > keepShedOff*cfg.heartbeat:
 			forced = append(forced, k)
 		default:
 			cands = append(cands, k)
@@ -532,7 +544,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	sent := time.Now()
 	err = h.conn.QueryRowContext(ctx, beatSQL, sleep, int64s(unlock).text(), ring, bellKey(r.s.id), bellHeld,
 		int64(presenceClass), int64s(cands).text(), want, held, !cfg.noSpread, int64s(forced).text(),
-		"fencing token for a session "+fmt.Sprintf("%08x", r.s.id)).
+		"fencing token for a session "+fmt.Sprintf("%08x", r.s.id), int64(r.s.id)).
 		Scan(&pid, &bell, &live, &taken, &took2, &free, &token, &lsn)
 	if err != nil {
 		// A cancelled beat (the watcher's poke, which may come late, or an
@@ -613,10 +625,28 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	if len(fr) > 0 && len(fr) != r.rungFree {
 		r.ring = true
 	}
+	if len(tk)+len(fk) > 0 || len(fr) > 0 {
+		cfg.logger.Debug("heartbeat", "session", fmt.Sprintf("%08x", r.s.id), "took", len(tk), "forced", len(fk), "free", len(fr), "live", len(liveIDs), "wanted", want, "held", held, "sleep", sleep)
+	}
 	r.shedLocked(pid)
 	close(r.beatDone)
 	r.beatDone = make(chan struct{})
 	return pid, true, nil
+}
+
+// share returns how many of want names the Session id should hold when
+// the live Sessions are live (sorted): want / len(live), and one more for
+// the want % len(live) Sessions with the lowest ids, so that Sessions that
+// want the same names end up holding numbers at most one apart. beatSQL
+// computes the same.
+func share(want int, live []int64, id int64) int {
+	n := max(len(live), 1)
+	rank, _ := slices.BinarySearch(live, id)
+	s := want / n
+	if rank < want%n {
+		s++
+	}
+	return s
 }
 
 // shedLocked gives up the names this Session holds beyond its share,
@@ -626,7 +656,7 @@ func (r *run) shedLocked(pid int) {
 	if r.s.cfg.noSpread || len(r.live) < 2 {
 		return
 	}
-	share := int(math.Ceil(float64(len(r.claims)) / float64(len(r.live))))
+	share := share(len(r.claims), r.live, int64(r.s.id))
 	var held []*grant
 	for _, g := range r.claims {
 		if g.held && !g.ended && !r.keep[g.key] {
@@ -640,6 +670,7 @@ func (r *run) shedLocked(pid int) {
 	slices.SortFunc(held, func(a, b *grant) int { return int(a.token) - int(b.token) })
 	for _, g := range held[len(held)-extra:] {
 		g.endLocked(&LostError{Lock: g.label, PID: pid, Cause: ErrShed})
+		r.shedAt[g.key] = time.Now()
 	}
 	r.s.cfg.logger.Info("names given up to spread them", "session", fmt.Sprintf("%08x", r.s.id), "names", extra, "share", share, "live", len(r.live))
 }
@@ -775,14 +806,12 @@ func (r *run) watch() {
 		}
 		// Woken: interrupt the heartbeat's sleep, and wait for the beat
 		// that follows, which takes what is free and re-links the ring.
+		cfg.logger.Debug("doorbell", "session", fmt.Sprintf("%08x", r.s.id), "watched", fmt.Sprintf("%08x", uint32(target)))
 		r.mu.Lock()
 		r.dirty = true
 		c := r.beatDone
 		r.mu.Unlock()
-		pctx, pcancel := context.WithTimeout(ctx, reapTimeout)
-		_, err = conn.ExecContext(pctx, pokeSQL, r.h.backend.pid, r.h.backend.start)
-		pcancel()
-		if err != nil {
+		if err := r.pokeVia(ctx, conn.ExecContext, c); err != nil {
 			destroy(conn)
 			conn = nil
 		}
@@ -824,9 +853,45 @@ func (r *run) poke() {
 		return // no connection to spare, or a poke is on its way already
 	}
 	defer r.poking.Store(false)
-	ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
-	defer cancel()
-	_, _ = r.s.db.ExecContext(ctx, pokeSQL, r.h.backend.pid, r.h.backend.start)
+	r.mu.Lock()
+	c := r.beatDone
+	r.mu.Unlock()
+	_ = r.pokeVia(context.Background(), r.s.db.ExecContext, c)
+}
+
+// pokeTries and pokeEvery bound how often a poke is sent again while the
+// beat it was meant for does not end: a cancel that reaches the backend
+// just before its sleep starts does nothing.
+const (
+	pokeTries = 5
+	pokeEvery = 20 * time.Millisecond
+)
+
+// pokeVia interrupts the heartbeat's sleep with exec (the watcher's
+// connection or the pool) until the beat beat ends, or pokeTries times.
+func (r *run) pokeVia(ctx context.Context, exec func(context.Context, string, ...any) (sql.Result, error), beat <-chan struct{}) error {
+	for i := 0; i < pokeTries; i++ {
+		pctx, cancel := context.WithTimeout(ctx, reapTimeout)
+		_, err := exec(pctx, pokeSQL, r.h.backend.pid, r.h.backend.start)
+		cancel()
+		if err != nil {
+			return err
+		}
+		t := time.NewTimer(pokeEvery)
+		select {
+		case <-beat:
+			t.Stop()
+			return nil
+		case <-r.h.lost:
+			t.Stop()
+			return nil
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 var (
