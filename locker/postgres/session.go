@@ -93,8 +93,8 @@ func NewSession(db *sql.DB, opts ...Option) (*Session, error) {
 // Locker returns a contender for the lock called name on s. The lock is
 // the one New(db, name) contends for: Session Lockers and plain Lockers
 // of the same name exclude one another. The Locker implements
-// locker.Locker, locker.Errer, locker.Graceful, locker.Fencer and
-// locker.Voucher, and runs under supervise unchanged.
+// locker.Locker, locker.Errer, locker.Graceful, locker.Fencer,
+// locker.Voucher and locker.Inspector, and runs under supervise unchanged.
 //
 // Its holds are the Session's: they are lost together when the Session's
 // connection is (Lost closes for every one), and a hold lost with the
@@ -895,11 +895,12 @@ func (r *run) pokeVia(ctx context.Context, exec func(context.Context, string, ..
 }
 
 var (
-	_ locker.Locker   = (*sessionLocker)(nil)
-	_ locker.Errer    = (*sessionLocker)(nil)
-	_ locker.Graceful = (*sessionLocker)(nil)
-	_ locker.Fencer   = (*sessionLocker)(nil)
-	_ locker.Voucher  = (*sessionLocker)(nil)
+	_ locker.Locker    = (*sessionLocker)(nil)
+	_ locker.Errer     = (*sessionLocker)(nil)
+	_ locker.Graceful  = (*sessionLocker)(nil)
+	_ locker.Fencer    = (*sessionLocker)(nil)
+	_ locker.Voucher   = (*sessionLocker)(nil)
+	_ locker.Inspector = (*sessionLocker)(nil)
 )
 
 // A sessionLocker is a name on a Session.
@@ -1077,6 +1078,19 @@ func (l *sessionLocker) VouchedUntil() time.Time {
 		return time.Time{}
 	}
 	return g.r.h.vouchedUntil()
+}
+
+// Identity returns the application_name of the Session's connections.
+func (l *sessionLocker) Identity() string { return l.s.cfg.identity }
+
+// Holder returns the identity of the session that holds the name, "" when
+// nobody does (see WhoHolds).
+func (l *sessionLocker) Holder(ctx context.Context) (string, error) {
+	h, err := WhoHoldsKey(ctx, l.s.db, l.key)
+	if err != nil || h == nil {
+		return "", err
+	}
+	return h.ApplicationName, nil
 }
 
 func (l *sessionLocker) errorf(format string, args ...any) error {

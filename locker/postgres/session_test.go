@@ -142,7 +142,6 @@ func (e *env) sessions(t *testing.T, id string) int {
 	return n
 }
 
-
 // TestSessionLockTableFull fills the server's shared lock table with
 // another session's locks: a Session's Acquire then fails with
 // ErrLockTableFull, clearly, and the names it holds stay held; once room
