@@ -213,3 +213,68 @@ func sqlStateOf(err error) string {
 	}
 	return ""
 }
+
+// TestSessionUnprivileged runs two Sessions as a role with LOGIN and
+// nothing else: the first holds 20 names, the second waits for them; when
+// an operator terminates the first one's holding backend, every name's
+// Lost closes and the second Session takes all of them.
+func TestSessionUnprivileged(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		url := unprivileged(t, e)
+		noSpread := append(quick, postgres.WithSpread(false))
+		a := newSession(t, open(t, e.driver, url), noSpread...)
+		b := newSession(t, open(t, e.driver, url), noSpread...)
+		base := uniqueName(t)
+		const n = 20
+		var held, waiting []locker.Locker
+		for i := 0; i < n; i++ {
+			l := sessionLocker(t, a, fmt.Sprintf("%s.%d", base, i))
+			if err := l.Acquire(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if tok, ok := l.(locker.Fencer).Token(); !ok || tok == 0 {
+				t.Fatalf("Token() = %d, %v", tok, ok)
+			}
+			held = append(held, l)
+		}
+		got := make(chan error, n)
+		for i := 0; i < n; i++ {
+			l := sessionLocker(t, b, fmt.Sprintf("%s.%d", base, i))
+			waiting = append(waiting, l)
+			go func() { got <- l.Acquire(ctx) }()
+		}
+		// Let b's Acquires reach the server: none may succeed.
+		select {
+		case err := <-got:
+			t.Fatalf("an Acquire returned while a held every name: %v", err)
+		case <-time.After(500 * time.Millisecond):
+		}
+		cut := time.Now()
+		e.terminate(t, postgres.Key(base+".0"))
+		for _, l := range held {
+			select {
+			case <-l.Lost():
+			case <-time.After(5 * time.Second):
+				t.Fatal("a name's Lost stayed open after its session was terminated")
+			}
+			if err := locker.Err(l); !errors.Is(err, locker.ErrLost) {
+				t.Errorf("Err() = %v, want ErrLost", err)
+			}
+		}
+		for i := 0; i < n; i++ {
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%d of %d names taken over within 10s", i, n)
+			}
+		}
+		t.Logf("terminate → every name held by the other Session: %v", time.Since(cut))
+		for _, l := range waiting {
+			_ = l.Release(ctx)
+		}
+	})
+}
