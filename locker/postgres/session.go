@@ -124,6 +124,7 @@ func (s *Session) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	r := s.cur
+	s.cur = nil
 	s.mu.Unlock()
 	if r == nil {
 		return nil
@@ -296,7 +297,7 @@ func (s *Session) closeIdle(r *run) {
 		return
 	}
 	r.mu.Lock()
-	idle := len(r.claims) == 0
+	idle := len(r.claims) == 0 && !r.closing
 	if idle {
 		r.closing = true
 	}

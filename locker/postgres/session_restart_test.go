@@ -85,3 +85,57 @@ func TestSessionRestartNoOverlap(t *testing.T) {
 }
 
 var _ = postgres.Key
+
+// TestSessionCloseUnderSupervisors closes a Session while supervisors run
+// work on its names: every name's Lost closes, every child is stopped,
+// and the supervisors' Releases after the Close do no harm.
+func TestSessionCloseUnderSupervisors(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		const names = 5
+		s, err := postgres.NewSession(e.db, quick...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		started := make(chan struct{}, names)
+		stopped := make(chan struct{}, names)
+		child := func(ctx context.Context) error {
+			started <- struct{}{}
+			<-ctx.Done()
+			stopped <- struct{}{}
+			return nil
+		}
+		prefix := uniqueName(t)
+		var wg sync.WaitGroup
+		for i := 0; i < names; i++ {
+			l := sessionLocker(t, s, fmt.Sprintf("%s.%d", prefix, i))
+			sup := &supervise.Supervisor{MaxRestarts: 1000, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_ = sup.Run(ctx, l, child)
+			}()
+		}
+		defer func() { cancel(); wg.Wait() }()
+		for i := 0; i < names; i++ {
+			select {
+			case <-started:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("%d of %d children started", i, names)
+			}
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < names; i++ {
+			select {
+			case <-stopped:
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%d of %d children stopped after Close", i, names)
+			}
+		}
+		cancel()
+		wg.Wait()
+	})
+}
