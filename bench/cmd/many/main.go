@@ -42,8 +42,9 @@ func main() {
 	plain := flag.Int("plain", 100, "names per node for the plain-Locker contrast (one connection each)")
 	idle := flag.Duration("idle", 10*time.Second, "how long to measure idle load")
 	mdOut := flag.String("md", "", "where to write the Markdown report (default: stdout)")
+	pngOut := flag.String("png", "many.png", "where to draw the takeover and hand-over distributions")
 	flag.Parse()
-	if err := run(*nodes, *names, *trials, *plain, *idle, *mdOut); err != nil {
+	if err := run(*nodes, *names, *trials, *plain, *idle, *mdOut, *pngOut); err != nil {
 		fmt.Fprintln(os.Stderr, "many:", err)
 		os.Exit(1)
 	}
@@ -60,7 +61,7 @@ func (r *report) addf(format string, args ...any) {
 	r.lines = append(r.lines, line)
 }
 
-func run(nodes, names, trials, plain int, idle time.Duration, mdOut string) error {
+func run(nodes, names, trials, plain int, idle time.Duration, mdOut, pngOut string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -101,7 +102,7 @@ func run(nodes, names, trials, plain int, idle time.Duration, mdOut string) erro
 		host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), pg, fsync, "go run ./cmd/many "+strings.Join(os.Args[1:], " "))
 	r.addf("")
 
-	if err := sessions(r, self, srv.URL, admin, nodes, names, trials, idle); err != nil {
+	if err := sessions(r, self, srv.URL, admin, nodes, names, trials, idle, pngOut); err != nil {
 		return err
 	}
 	if plain > 0 {
@@ -123,7 +124,7 @@ func run(nodes, names, trials, plain int, idle time.Duration, mdOut string) erro
 	return os.WriteFile(mdOut, []byte(md), 0o644)
 }
 
-func sessions(r *report, self, url string, admin *sql.DB, nodes, names, trials int, idle time.Duration) error {
+func sessions(r *report, self, url string, admin *sql.DB, nodes, names, trials int, idle time.Duration, pngOut string) error {
 	c := newCluster(self, url, fmt.Sprintf("s%d", rand.Uint32()), "session", names)
 	defer c.stop()
 	r.addf("## One Session per node")
@@ -246,6 +247,18 @@ func sessions(r *report, self, url string, admin *sql.DB, nodes, names, trials i
 		len(graceful), pct(graceful, 50), pct(graceful, 90), pct(graceful, 100))
 	n, worst := c.overlaps()
 	r.addf("| overlaps (a name run by two nodes at once, by the nodes' own clocks) | %d (worst %v) |", n, worst)
+	if pngOut != "" {
+		err := plotCDF(pngOut, fmt.Sprintf("%d nodes × %d names, one Session each", nodes, names), map[string][]time.Duration{
+			"SIGKILL of a node → the last of its names runs elsewhere": crash,
+			"graceful hand-over of one name":                           graceful,
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "many: plot:", err)
+		} else {
+			r.addf("")
+			r.addf("![distributions](%s)", pngOut)
+		}
+	}
 	r.addf("")
 	return nil
 }
