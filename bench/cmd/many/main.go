@@ -114,6 +114,7 @@ func run(nodes, names, trials, plain int, idle time.Duration, mdOut, pngOut stri
 	r.addf("")
 	r.addf("- Takeover and hand-over times are from the old node's kill (by the bench) or its work's stop (by the node) to the new node's work start (by the node), all on one machine's clock.")
 	r.addf("- The idle load of a Session is its heartbeat (one statement per HeartbeatInterval, 1s) and its watcher's wait (one per WaitChunk, 2s), whatever the number of names: 1.5 statements per second by design, above the 1 per second the issue set. A longer watcher chunk would meet it at the price of a snapshot held longer (a waiting statement holds back VACUUM).")
+	r.addf("- Connections: each node pins 2 (its Session's holding and watching connections, application_name = the node's identity); its pool also keeps 1 idle connection that a Release borrows to interrupt the heartbeat (the same mechanism as a plain Locker's), which an application would share with its queries: hence the client backends, 3 × 3 + the bench's own.")
 	r.addf("- The plain contrast runs 100 names per node: 1,000 per node would need 3,000 connections, and the server allows 400.")
 	r.addf("- Before the first node starts, the bench waits until the server has been up for 11s: a grant on a server up for less than SessionTimeout waits out the rest of it (the restart quarantine).")
 	md := strings.Join(r.lines, "\n") + "\n"
