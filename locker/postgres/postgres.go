@@ -184,7 +184,8 @@ func (l *Locker) Acquire(ctx context.Context) error {
 	}
 	go h.heartbeat()
 	if err := l.quarantine(ctx, h, ready); err != nil {
-		_ = h.release(context.Background())
+		// Unlocks, or ends the session; bounded once ctx is done.
+		_ = h.release(ctx)
 		return err
 	}
 	l.hold = h
