@@ -207,9 +207,10 @@
 // ErrShed, the supervisor stops their work and calls Release, and another
 // Session takes them. The share assumes the Sessions of a database contend
 // for the same names, as the replicas of one service do; a name that stays
-// free for four heartbeats is taken whatever the share (no other Session
-// wanted it) and not given up again. With different sets of names per
-// Session, or to keep names where they started, turn spreading off.
+// free for two heartbeats is taken whatever the share (no other Session
+// wanted it) and not given up for ten heartbeats. With different sets of
+// names per Session, or to keep names where they started, turn spreading
+// off.
 //
 // Limits: every advisory lock of every session of the server lives in
 // its shared lock table, sized for max_locks_per_transaction ×

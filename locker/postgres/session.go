@@ -197,7 +197,7 @@ type run struct {
 	dirty     bool                // beat at once: there is work
 	live      []int64             // presence ids of the live Sessions, sorted, as of the last beat
 	freeSince map[int64]time.Time // names seen free and not taken in every beat since
-	keep      map[int64]bool      // names taken past the share because nobody took them: never shed
+	keep      map[int64]time.Time // names taken past the share because nobody took them, when: not shed for keepFor
 	shedAt    map[int64]time.Time // when this Session last shed a name
 	rungFree  int                 // free names left over when the doorbell last rang
 	fullUntil time.Time           // no takes before: the lock table was full
@@ -212,7 +212,7 @@ func newRun(s *Session) *run {
 		ended:     make(chan struct{}),
 		claims:    map[int64]*grant{},
 		freeSince: map[int64]time.Time{},
-		keep:      map[int64]bool{},
+		keep:      map[int64]time.Time{},
 		shedAt:    map[int64]time.Time{},
 		beatDone:  make(chan struct{}),
 	}
@@ -487,12 +487,19 @@ func parseInt64s(s string) ([]int64, error) {
 	return out, nil
 }
 
-// A name this Session wants that stays free for a HeartbeatInterval is
-// taken whatever the share: every Session under its share would have taken
-// it at its own beat by then, so no other Session wants it more. Except
-// for keepShedOff heartbeats after this Session shed it: the Session it
-// was shed for may not have taken it yet.
-const keepShedOff = 4
+// A name this Session wants that stays free for forceAfter heartbeats is
+// taken whatever the share: every Session under its share would have
+// taken it at its own beat by then, so no other Session wants it more.
+// Except for keepShedOff heartbeats after this Session shed it: the
+// Session it was shed for may not have taken it yet. A name so taken is
+// not shed again for keepFor heartbeats; after that it is, if this
+// Session is over its share: a name taken that way while Sessions came
+// and went (a start, a deploy) must not unbalance them for good.
+const (
+	forceAfter  = 2
+	keepShedOff = 4
+	keepFor     = 10
+)
 
 // bellRetry is how soon a heartbeat tries again to take the doorbell back.
 const bellRetry = 20 * time.Millisecond
@@ -523,7 +530,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		case g.held:
 			held++
 		case g.ended:
-		case !r.freeSince[k].IsZero() && time.Since(r.freeSince[k]) >= cfg.heartbeat &&
+		case !r.freeSince[k].IsZero() && time.Since(r.freeSince[k]) >= forceAfter*cfg.heartbeat &&
 			time.Since(r.shedAt[k]) > keepShedOff*cfg.heartbeat:
 			forced = append(forced, k)
 		default:
@@ -596,7 +603,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	r.bellHeld = bell
 	r.live = liveIDs
 	for _, k := range fk {
-		r.keep[k] = true
+		r.keep[k] = time.Now()
 	}
 	for _, k := range append(tk, fk...) {
 		g := r.claims[k]
@@ -660,7 +667,7 @@ func (r *run) shedLocked(pid int) {
 	share := share(len(r.claims), r.live, int64(r.s.id))
 	var held []*grant
 	for _, g := range r.claims {
-		if g.held && !g.ended && !r.keep[g.key] {
+		if g.held && !g.ended && time.Since(r.keep[g.key]) > keepFor*r.s.cfg.heartbeat {
 			held = append(held, g)
 		}
 	}
