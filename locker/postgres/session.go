@@ -180,7 +180,7 @@ func (s *Session) runFor(ctx context.Context) (*run, error) {
 // lock, on which every name is held, and the watcher.
 type run struct {
 	s *Session
-	h *hold // set before the heartbeat calls beat
+	h *hold // set once the presence lock is held; beat is handed it instead
 
 	poking atomic.Bool // a poke through the pool is in flight
 
@@ -253,6 +253,7 @@ func (r *run) watchLoss() {
 	cause := r.h.endErr()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closing = true // a claim made from now on would wait for nothing: Acquire starts a new run
 	for _, g := range r.claims {
 		if g.held {
 			g.endLocked(&LostError{Lock: g.label, PID: r.h.pid, Cause: cause})
@@ -437,10 +438,10 @@ CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS free FROM 
 // beat that failed part way (a cancel meant for its sleep that came late,
 // a full lock table) may have taken some without saying which, and
 // session locks outlive a failed statement.
-const reconcileSQL = `SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) FROM (
+const reconcileSQL = `SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) FROM (
 	SELECT pg_catalog.unnest($1::bigint[])
 	INTERSECT SELECT (classid::bigint << 32) | objid::bigint FROM pg_catalog.pg_locks
-		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_catalog.pg_backend_pid()) i(k)`
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_catalog.pg_backend_pid()) i(k))`
 
 // int64s is a bigint[] parameter both drivers take: its text form.
 type int64s []int64
@@ -505,9 +506,10 @@ const (
 const bellRetry = 20 * time.Millisecond
 
 // beat runs one Session heartbeat on h's connection (see beatSQL) and
-// hands out what it took. ok is false, with a nil error, for a beat that
-// the watcher interrupted on purpose or that found the lock table full:
-// the hold goes on, and the next beat follows at once.
+// hands out what it took. A beat that was cancelled (the watcher's poke)
+// or found the lock table full is not a loss: it reconciles, and counts as
+// a heartbeat since the session answered. ok is false when there is
+// nothing to count.
 func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	cfg := r.s.cfg
 	r.mu.Lock()
@@ -539,7 +541,10 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	}
 	want := len(r.claims)
 	if time.Now().Before(r.fullUntil) {
+		// Nothing that needs a new entry in the lock table: no takes, and
+		// the doorbell neither rung nor taken back.
 		cands, forced = nil, nil
+		ring, bellHeld = false, true
 	}
 	r.mu.Unlock()
 
@@ -562,8 +567,11 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		if sqlState(err) != "57014" && !full {
 			return 0, false, err
 		}
-		// Some names may be locked without our knowing: unlock them.
-		if rerr := r.reconcile(ctx, h, append(cands, forced...)); rerr != nil {
+		// Some names may be locked without our knowing: unlock them. The
+		// answer shows the session alive: it counts as a heartbeat, so
+		// that a full lock table costs no hold.
+		pid, rerr := r.reconcile(ctx, h, append(cands, forced...))
+		if rerr != nil {
 			return 0, false, fmt.Errorf("%w (and then: %v)", rerr, err)
 		}
 		r.mu.Lock()
@@ -580,7 +588,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		if full {
 			cfg.logger.Error("the server's lock table is full: names not taken, holds kept", "session", fmt.Sprintf("%08x", r.s.id), "err", err)
 		}
-		return 0, false, nil
+		return pid, true, nil
 	}
 	if late := time.Since(sent); late > cfg.loss {
 		// Read too late to vouch for anything (was this process paused?).
@@ -683,17 +691,17 @@ func (r *run) shedLocked(pid int) {
 	r.s.cfg.logger.Info("names given up to spread them", "session", fmt.Sprintf("%08x", r.s.id), "names", extra, "share", share, "live", len(r.live))
 }
 
-// reconcile unlocks those of keys that the session holds: see reconcileSQL.
-func (r *run) reconcile(ctx context.Context, h *hold, keys []int64) error {
-	var err error
+// reconcile unlocks those of keys that the session holds (see
+// reconcileSQL), and returns the backend pid: the session lives on.
+func (r *run) reconcile(ctx context.Context, h *hold, keys []int64) (pid int, err error) {
 	for i := 0; i < unlockTries; i++ {
 		var n int
-		err = h.conn.QueryRowContext(ctx, reconcileSQL, int64s(keys).text()).Scan(&n)
+		err = h.conn.QueryRowContext(ctx, reconcileSQL, int64s(keys).text()).Scan(&pid, &n)
 		if err == nil || sqlState(err) != "57014" {
 			break
 		}
 	}
-	return err
+	return pid, err
 }
 
 // watchTarget returns the bell key of the Session this one watches: the
@@ -808,8 +816,14 @@ func (r *run) watch() {
 			continue
 		}
 		if err != nil {
+			// The server ended the session, or refused the wait (a full
+			// lock table): start again on a new connection, not at once.
 			destroy(conn)
 			conn = nil
+			if !pause(backoff) {
+				return
+			}
+			backoff = min(2*backoff, cfg.waitChunk)
 			continue
 		}
 		// Woken: interrupt the heartbeat's sleep, and wait for the beat
