@@ -48,4 +48,5 @@ chaos:
 # its own go.mod); it writes bench/results.json and bench/takeover.png.
 bench:
 	cd bench && $(GO) run ./cmd/takeover -n 20 -n-slow 5 -md RESULTS.tables.md
+	cd bench && $(GO) run ./cmd/many -names 1000 -n 10 -plain 100 -md MANY.md
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./locker/postgres/

@@ -40,6 +40,7 @@ type config struct {
 	waitChunk      time.Duration
 	identity       string
 	logger         *slog.Logger
+	noSpread       bool // a Session keeps what it takes (WithSpread(false))
 }
 
 // WithHeartbeatInterval sets how often the holder checks that its session
@@ -79,6 +80,14 @@ func WithIdentity(id string) Option { return func(c *config) { c.identity = id }
 // WithLogger sets where the Locker logs its holds, losses and warnings.
 // Default: nowhere.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithSpread sets whether the Lockers of a Session spread their names
+// evenly over the live Sessions of the database: a Session that holds more
+// than its share gives the extras up (their Lost closes first), and takes
+// no more than its share of free names while other Sessions are at theirs.
+// Off, a Session keeps whatever it takes, first come. Default on. It does
+// nothing for a Locker made by New or NewKey.
+func WithSpread(on bool) Option { return func(c *config) { c.noSpread = !on } }
 
 // DefaultIdentity returns "onlyone/HOSTNAME/PID", cut to 63 bytes.
 func DefaultIdentity() string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"log"
+	"sync"
 	"time"
 
 	"github.com/onlyone-go/onlyone/locker/postgres"
@@ -47,4 +48,37 @@ func ExampleWhoHolds() {
 	default:
 		log.Printf("%s (pid %d, %s) since %v", h.ApplicationName, h.PID, h.ClientAddr, h.SessionStart)
 	}
+}
+
+// A worker per tenant, on two server connections per replica whatever the
+// number of tenants: every replica runs this, and each tenant runs on one
+// replica at a time, the tenants spread evenly over the replicas. (Package
+// supervise does the loop below for you, with restarts and a grace.)
+func ExampleNewSession() {
+	db, err := sql.Open("pgx", "postgres://app@db.internal/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	s, err := postgres.NewSession(db, postgres.WithIdentity("worker-3"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for _, tenant := range []string{"acme", "globex", "initech"} {
+		l, err := s.Locker("tenant/" + tenant)
+		if err != nil {
+			log.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for l.Acquire(ctx) == nil {
+				<-l.Lost() // work for the tenant until the name is lost or shed (ErrShed)
+				_ = l.Release(ctx)
+			}
+		}()
+	}
+	wg.Wait()
+	_ = s.Close()
 }

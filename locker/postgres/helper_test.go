@@ -56,6 +56,8 @@ func helperMain(mode string) int {
 		return 0
 	case "fence":
 		return fenceHelper(ctx, db, name)
+	case "session":
+		return sessionHelper(ctx, db, name)
 	case "wait":
 		// Acquire once, with the fast settings, and say what came of it.
 		if _, ok := helperAcquire(ctx, db, name, fast...); ok {

@@ -20,6 +20,7 @@ import (
 // heartbeat goroutine that owns the connection until the hold ends.
 type hold struct {
 	l       *Locker
+	sess    *run // the Session run whose names this hold carries; nil for a plain Locker
 	conn    *sql.Conn
 	backend backend // pid and start of the session
 	pid     int
@@ -45,6 +46,7 @@ type hold struct {
 func newHold(l *Locker, conn *sql.Conn, b backend, token uint64, granted time.Time) *hold {
 	h := &hold{
 		l:        l,
+		sess:     l.sess,
 		conn:     conn,
 		backend:  b,
 		pid:      b.pid,
@@ -254,6 +256,23 @@ func (h *hold) beat() (err error, dead bool) {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(h.l.cfg.grace))
 	defer cancel()
 	var pid int
+	if h.sess != nil {
+		// A Session's heartbeat also takes, releases and spreads its names
+		// (session.go). A beat its watcher interrupted on purpose is not a
+		// failure: the next one follows at once.
+		p, ok, err := h.sess.beat(ctx, h)
+		if err != nil {
+			return fmt.Errorf("heartbeat: %w", err)
+		}
+		if !ok {
+			return nil
+		}
+		if p != h.pid {
+			return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, p)
+		}
+		h.extend(sent)
+		return nil
+	}
 	if err := h.conn.QueryRowContext(ctx, heartbeatSQL, h.l.cfg.heartbeat.Seconds()).Scan(&pid); err != nil {
 		return fmt.Errorf("heartbeat: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
@@ -288,8 +307,13 @@ const unlockTries = 3
 func (h *hold) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
 	defer cancel()
+	unlock, arg := "SELECT pg_catalog.pg_advisory_unlock($1)", any(h.l.key)
+	if h.sess != nil {
+		// A Session's hold carries every name of the node: all go at once.
+		unlock, arg = "SELECT pg_catalog.pg_advisory_unlock_all() WHERE $1::bigint IS NOT NULL", h.l.key
+	}
 	for i := 0; i < unlockTries; i++ {
-		_, err := h.conn.ExecContext(ctx, "SELECT pg_catalog.pg_advisory_unlock($1)", h.l.key)
+		_, err := h.conn.ExecContext(ctx, unlock, arg)
 		if err == nil || sqlState(err) != "57014" { // query_canceled
 			break
 		}

@@ -44,6 +44,8 @@ type Locker struct {
 	cur *hold      // the last hold, released or not; nil before the first
 
 	warnUpOnce sync.Once // the role cannot read when the server started
+
+	sess *run // set by a Session on its presence Locker: the run its holds carry
 }
 
 // New returns a Locker for the lock called name in the database that db

@@ -1,0 +1,1120 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/onlyone-go/onlyone/locker"
+)
+
+// The reserved key space: the advisory-lock keys whose upper 32 bits
+// (pg_locks.classid) are these hold a Session's presence and its doorbell.
+// Session.Locker refuses a name whose Key falls there (1 name in 2^31).
+const (
+	presenceClass = 0x6f6e6c79 // "only"
+	bellClass     = 0x6f6e6c7a
+)
+
+func presenceKey(id uint32) int64 { return int64(uint64(presenceClass)<<32 | uint64(id)) }
+func bellKey(id uint32) int64     { return int64(uint64(bellClass)<<32 | uint64(id)) }
+
+func reserved(key int64) bool {
+	c, _ := KeyParts(key)
+	return c == presenceClass || c == bellClass
+}
+
+// ErrLockTableFull is the error of an Acquire that found the server's
+// shared lock table full (SQLSTATE 53200): every advisory lock of every
+// session lives there, max_locks_per_transaction × (max_connections +
+// max_prepared_transactions) entries. Holds taken earlier are kept.
+var ErrLockTableFull = errors.New("the server's shared lock table is full (SQLSTATE 53200): raise max_locks_per_transaction, or hold fewer names on this server")
+
+// ErrShed is the cause of a loss when a Session gave a name up so that
+// names spread evenly over the live Sessions (see WithSpread). The name
+// passes to a Session under its share once Release is called.
+var ErrShed = errors.New("given up to spread names over the live Sessions")
+
+// A Session is one node's membership in a group of contenders for many
+// names: one pinned server connection holds every lock its Lockers hold and
+// keeps a heartbeat in flight, and one more watches the other Sessions, so
+// a node costs at most two server connections whatever the number of names
+// it holds or waits for. It is to Locker what etcd's concurrency.Session is
+// to its Mutex: the Session owns the connection, the heartbeat, the loss
+// deadline and the server-side bound; a Locker made by Session.Locker is a
+// name on it. See the package doc, "Many singletons".
+type Session struct {
+	db   *sql.DB
+	cfg  config
+	id   uint32
+	pres *Locker // the presence lock: its hold is the Session's pinned connection
+
+	start sync.Mutex // serialises starting and closing runs
+
+	mu     sync.Mutex
+	cur    *run // the current run; nil before the first Acquire
+	closed bool
+}
+
+// NewSession returns a Session on the database that db reaches, with the
+// same Options as New (heartbeat, loss timeout, grace, session timeout,
+// wait chunk, identity, logger) and WithSpread. Like New it does not
+// connect: the first Acquire of one of its Lockers does. A Session that
+// lost its connection (a restart, an operator's terminate) starts a new
+// one at the next Acquire.
+//
+// It returns an error matching locker.ErrConfig for a nil db or settings
+// that cannot work.
+func NewSession(db *sql.DB, opts ...Option) (*Session, error) {
+	if db == nil {
+		return nil, configError("nil *sql.DB")
+	}
+	var b [4]byte
+	for binary.BigEndian.Uint32(b[:]) == 0 {
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("postgres: session id: %w", err)
+		}
+	}
+	id := binary.BigEndian.Uint32(b[:])
+	pres, err := newLocker(db, presenceKey(id), fmt.Sprintf("session %08x", id), opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{db: db, cfg: pres.cfg, id: id, pres: pres}, nil
+}
+
+// Locker returns a contender for the lock called name on s. The lock is
+// the one New(db, name) contends for: Session Lockers and plain Lockers
+// of the same name exclude one another. The Locker implements
+// locker.Locker, locker.Errer, locker.Graceful, locker.Fencer,
+// locker.Voucher and locker.Inspector, and runs under supervise unchanged.
+//
+// Its holds are the Session's: they are lost together when the Session's
+// connection is (Lost closes for every one), and a hold lost with the
+// cause ErrShed was given up so that names spread evenly. Names taken in
+// one statement share a fencing token.
+//
+// Two Lockers of the same name on one Session take turns, as two on
+// different Sessions would.
+func (s *Session) Locker(name string) (locker.Locker, error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	key := Key(name)
+	if reserved(key) {
+		return nil, configError("lock name %q has a key in the range Sessions reserve (classid %#x or %#x): choose another name", name, presenceClass, bellClass)
+	}
+	return &sessionLocker{s: s, key: key, label: fmt.Sprintf("%q", name)}, nil
+}
+
+// Close releases every hold of s and ends its connections. Stop the work
+// of its Lockers first (their supervisors do): Close closes every Lost and
+// does not wait for anyone. Acquire on a Locker of a closed Session
+// returns an error.
+func (s *Session) Close() error {
+	s.start.Lock()
+	defer s.start.Unlock()
+	s.mu.Lock()
+	s.closed = true
+	r := s.cur
+	s.cur = nil
+	s.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	return r.close()
+}
+
+// errorf returns an error prefixed with the package and the session.
+func (s *Session) errorf(format string, args ...any) error {
+	return fmt.Errorf("postgres: session %08x: "+format, append([]any{s.id}, args...)...)
+}
+
+// runFor returns the current run, starting one when there is none or the
+// last was lost.
+func (s *Session) runFor(ctx context.Context) (*run, error) {
+	s.start.Lock()
+	defer s.start.Unlock()
+	s.mu.Lock()
+	r, closed := s.cur, s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, s.errorf("closed")
+	}
+	if r != nil && !r.h.isLost() {
+		return r, nil
+	}
+	if r != nil {
+		// The old run's watcher ends by itself once its hold is lost.
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return nil, s.errorf("starting: %w", ctx.Err())
+		}
+	}
+	r = newRun(s)
+	s.pres.sess = r
+	if err := s.pres.Acquire(ctx); err != nil {
+		return nil, s.errorf("starting: %w", err)
+	}
+	s.pres.mu.Lock()
+	r.h = s.pres.cur
+	s.pres.mu.Unlock()
+	go r.watchLoss()
+	go r.watch()
+	s.mu.Lock()
+	s.cur = r
+	s.mu.Unlock()
+	s.cfg.logger.Info("session started", "session", fmt.Sprintf("%08x", s.id), "pid", r.h.pid)
+	return r, nil
+}
+
+// A run is one connection's worth of a Session: the hold of its presence
+// lock, on which every name is held, and the watcher.
+type run struct {
+	s *Session
+	h *hold // set once the presence lock is held; beat is handed it instead
+
+	poking atomic.Bool // a poke through the pool is in flight
+
+	stop  chan struct{} // closed by close: the watcher ends
+	done  chan struct{} // closed when the watcher has ended
+	ended chan struct{} // closed when watchLoss has ended
+
+	mu        sync.Mutex
+	closing   bool             // no more claims: the run is being closed
+	claims    map[int64]*grant // one waiting or holding grant per name
+	unlock    []int64          // released names to unlock at the next beat
+	ring      bool             // ring the doorbell at the next beat
+	bellHeld  bool
+	dirty     bool                // beat at once: there is work
+	live      []int64             // presence ids of the live Sessions, sorted, as of the last beat
+	freeSince map[int64]time.Time // names seen free and not taken in every beat since
+	keep      map[int64]time.Time // names taken past the share because nobody took them, when: not shed for keepFor
+	shedAt    map[int64]time.Time // when this Session last shed a name
+	rungFree  int                 // free names left over when the doorbell last rang
+	fullUntil time.Time           // no takes before: the lock table was full
+	beatDone  chan struct{}       // closed and replaced after each beat
+}
+
+func newRun(s *Session) *run {
+	return &run{
+		s:         s,
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		ended:     make(chan struct{}),
+		claims:    map[int64]*grant{},
+		freeSince: map[int64]time.Time{},
+		keep:      map[int64]time.Time{},
+		shedAt:    map[int64]time.Time{},
+		beatDone:  make(chan struct{}),
+	}
+}
+
+// A grant is one name's claim on a run: waiting until granted, then held
+// until released, shed or lost with the run.
+type grant struct {
+	r     *run
+	key   int64
+	label string
+
+	ready chan struct{} // closed when granted
+	lost  chan struct{} // closed when the hold ends, or a wait fails
+	gone  chan struct{} // closed when the claim is given up
+
+	// guarded by r.mu
+	held  bool
+	ended bool
+	token uint64
+	err   error
+}
+
+func (g *grant) endLocked(err error) {
+	if g.ended {
+		return
+	}
+	g.ended = true
+	g.err = err
+	close(g.lost)
+}
+
+// watchLoss ends every grant when the run's hold ends: the names were
+// all held on its connection.
+func (r *run) watchLoss() {
+	defer close(r.ended)
+	<-r.h.lost
+	cause := r.h.endErr()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closing = true // a claim made from now on would wait for nothing: Acquire starts a new run
+	for _, g := range r.claims {
+		if g.held {
+			g.endLocked(&LostError{Lock: g.label, PID: r.h.pid, Cause: cause})
+		} else {
+			g.endLocked(fmt.Errorf("session %08x ended while waiting: %w", r.s.id, cause))
+		}
+	}
+}
+
+// close ends the run: every name released, the connection unlocked and
+// destroyed, the watcher stopped.
+func (r *run) close() error {
+	r.mu.Lock()
+	r.closing = true
+	for _, g := range r.claims {
+		g.endLocked(locker.ErrNotHeld)
+	}
+	r.mu.Unlock()
+	err := r.s.pres.Release(context.Background())
+	close(r.stop)
+	<-r.done
+	<-r.ended
+	if err != nil {
+		return r.s.errorf("close: %w", err)
+	}
+	return nil
+}
+
+// errRunClosed is claim's error on a run that is being closed: Acquire
+// starts a new one.
+var errRunClosed = errors.New("session run closed")
+
+// closeIdle closes r if it is the current run and has no claims left: a
+// Session without names holds no connection.
+func (s *Session) closeIdle(r *run) {
+	s.start.Lock()
+	defer s.start.Unlock()
+	s.mu.Lock()
+	cur := s.cur
+	s.mu.Unlock()
+	if cur != r {
+		return
+	}
+	r.mu.Lock()
+	idle := len(r.claims) == 0 && !r.closing
+	if idle {
+		r.closing = true
+	}
+	r.mu.Unlock()
+	if !idle {
+		return
+	}
+	s.mu.Lock()
+	s.cur = nil
+	s.mu.Unlock()
+	if err := r.close(); err != nil {
+		s.cfg.logger.Warn("closing the idle session", "session", fmt.Sprintf("%08x", s.id), "err", err)
+	}
+}
+
+// claim registers g on r, waiting while another Locker of the same name
+// on this Session has a claim.
+func (r *run) claim(ctx context.Context, g *grant) error {
+	for {
+		r.mu.Lock()
+		if r.closing {
+			r.mu.Unlock()
+			return errRunClosed
+		}
+		other := r.claims[g.key]
+		if other == nil {
+			r.claims[g.key] = g
+			r.dirty = true
+			r.mu.Unlock()
+			return nil
+		}
+		r.mu.Unlock()
+		select {
+		case <-other.gone:
+		case <-r.h.lost:
+			return fmt.Errorf("session %08x ended while waiting: %w", r.s.id, r.h.endErr())
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// drop gives g's claim up: a held name is unlocked at the next beat, and
+// the doorbell rings so that another Session takes it. It returns a
+// channel closed after a beat that started after the drop.
+func (r *run) drop(g *grant) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	g.endLocked(locker.ErrNotHeld)
+	if r.claims[g.key] == g {
+		delete(r.claims, g.key)
+		close(g.gone)
+		delete(r.keep, g.key)
+		if g.held {
+			r.unlock = append(r.unlock, g.key)
+			r.ring = true
+			r.dirty = true
+		}
+	}
+	// The beat in flight may have started before the drop: wait for the
+	// one after it.
+	first := r.beatDone
+	next := make(chan struct{})
+	go func() {
+		select {
+		case <-first:
+		case <-r.h.lost:
+			close(next)
+			return
+		}
+		r.mu.Lock()
+		c := r.beatDone
+		r.mu.Unlock()
+		select {
+		case <-c:
+		case <-r.h.lost:
+		}
+		close(next)
+	}()
+	return next
+}
+
+// beatSQL is a Session's heartbeat. Like heartbeatSQL it waits on the
+// server for $1 seconds, so that a statement is always in flight on the
+// holding connection and its end is seen at once; then, in the same
+// statement, in this order (each step a LATERAL subquery on the one
+// before, which the server must evaluate first):
+//
+//  1. unlock the names released since the last beat ($2);
+//  2. ring the doorbell ($3: release the bell key $4 — the watcher of this
+//     Session, waiting on it in shared mode, is granted it and wakes — and
+//     try to take it back at once), or take the bell if not held ($5 false);
+//  3. read pg_locks once: the live Sessions (presence keys, classid $6) and
+//     every name held;
+//  4. take free names ($7), as many as the share allows: share($8 names
+//     wanted, live Sessions, this Session's id $13) − $9 held already ($10
+//     false: spreading off, all of them);
+//  5. take the names ($11) seen free for forceAfter heartbeats whatever
+//     the share: no other Session wanted them;
+//  6. report the wanted names still free, and a fencing token when it took
+//     any (a transaction id flushed to WAL, as lockSQL does).
+const beatSQL = `SELECT s.pid, b.bell, l.live, t.taken, f.forced, e.free,
+	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
+		THEN pg_catalog.txid_current() END,
+	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
+		THEN pg_catalog.pg_logical_emit_message(true, 'onlyone', $12)::text END
+FROM (SELECT pg_catalog.pg_backend_pid() AS pid, pg_catalog.pg_sleep($1)::text AS z OFFSET 0) s
+CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) AS n
+	FROM pg_catalog.unnest($2::bigint[]) k WHERE s.z IS NOT NULL) u
+CROSS JOIN LATERAL (SELECT CASE
+		WHEN $3 THEN CASE WHEN pg_catalog.pg_advisory_unlock($4) THEN pg_catalog.pg_try_advisory_lock($4) ELSE pg_catalog.pg_try_advisory_lock($4) END
+		WHEN $5 THEN true
+		WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()
+			AND classid::bigint = ($4::bigint >> 32) & 4294967295 AND objid::bigint = $4::bigint & 4294967295 AND objsubid = 1 AND granted) THEN true
+		ELSE pg_catalog.pg_try_advisory_lock($4) END AS bell
+	WHERE u.n IS NOT NULL OFFSET 0) b
+CROSS JOIN LATERAL (SELECT
+		coalesce(pg_catalog.array_agg(o ORDER BY o) FILTER (WHERE c = $6), '{}') AS live,
+		coalesce(pg_catalog.array_agg((c << 32) | o) FILTER (WHERE c <> $6), '{}') AS held
+	FROM (SELECT classid::bigint AS c, objid::bigint AS o FROM pg_catalog.pg_locks
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND mode = 'ExclusiveLock'
+		  AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+		  AND b.bell IS NOT NULL) x) l
+CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS taken FROM (
+		SELECT k FROM pg_catalog.unnest($7::bigint[]) k
+		WHERE pg_catalog.pg_try_advisory_lock(k)
+		LIMIT GREATEST(0, CASE WHEN $10 THEN $8::int / GREATEST(pg_catalog.cardinality(l.live), 1)
+			+ CASE WHEN (SELECT count(*) FROM pg_catalog.unnest(l.live) x WHERE x < $13) < $8::int % GREATEST(pg_catalog.cardinality(l.live), 1) THEN 1 ELSE 0 END
+			- $9 ELSE $8 END)) q) t
+CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS forced FROM pg_catalog.unnest($11::bigint[]) k
+	WHERE k <> ALL (t.taken) AND pg_catalog.pg_try_advisory_lock(k)) f
+CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS free FROM (
+		SELECT pg_catalog.unnest($7::bigint[]) EXCEPT SELECT pg_catalog.unnest(l.held)
+		EXCEPT SELECT pg_catalog.unnest(t.taken) EXCEPT SELECT pg_catalog.unnest(f.forced)) e(k)) e`
+
+// reconcileSQL unlocks those of the names $1 that this session holds: a
+// beat that failed part way (a cancel meant for its sleep that came late,
+// a full lock table) may have taken some without saying which, and
+// session locks outlive a failed statement.
+const reconcileSQL = `SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) FROM (
+	SELECT pg_catalog.unnest($1::bigint[])
+	INTERSECT SELECT (classid::bigint << 32) | objid::bigint FROM pg_catalog.pg_locks
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_catalog.pg_backend_pid()) i(k))`
+
+// int64s is a bigint[] parameter both drivers take: its text form.
+type int64s []int64
+
+func (a int64s) text() string {
+	b := make([]byte, 0, 2+len(a)*20)
+	b = append(b, '{')
+	for i, k := range a {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, "%d", k)
+	}
+	return string(append(b, '}'))
+}
+
+// parse reads a bigint[] in its text form.
+func parseInt64s(s string) ([]int64, error) {
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' {
+		return nil, fmt.Errorf("not an array: %q", s)
+	}
+	var out []int64
+	var n int64
+	neg, in := false, false
+	for _, c := range s[1:] {
+		switch {
+		case c == '-':
+			neg = true
+		case c >= '0' && c <= '9':
+			n = n*10 + int64(c-'0')
+			in = true
+		case c == ',' || c == '}':
+			if in {
+				if neg {
+					n = -n
+				}
+				out = append(out, n)
+			}
+			n, neg, in = 0, false, false
+		default:
+			return nil, fmt.Errorf("not a bigint array: %q", s)
+		}
+	}
+	return out, nil
+}
+
+// A name this Session wants that stays free for forceAfter heartbeats is
+// taken whatever the share: every Session under its share would have
+// taken it at its own beat by then, so no other Session wants it more.
+// Except for keepShedOff heartbeats after this Session shed it: the
+// Session it was shed for may not have taken it yet. A name so taken is
+// not shed again for keepFor heartbeats; after that it is, if this
+// Session is over its share: a name taken that way while Sessions came
+// and went (a start, a deploy) must not unbalance them for good.
+const (
+	forceAfter  = 2
+	keepShedOff = 4
+	keepFor     = 10
+)
+
+// bellRetry is how soon a heartbeat tries again to take the doorbell back.
+const bellRetry = 20 * time.Millisecond
+
+// beat runs one Session heartbeat on h's connection (see beatSQL) and
+// hands out what it took. A beat that was cancelled (the watcher's poke)
+// or found the lock table full is not a loss: it reconciles, and counts as
+// a heartbeat since the session answered. ok is false when there is
+// nothing to count.
+func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
+	cfg := r.s.cfg
+	r.mu.Lock()
+	sleep := cfg.heartbeat.Seconds()
+	switch {
+	case r.dirty || len(r.unlock) > 0 || r.ring && r.bellHeld:
+		sleep = 0
+	case !r.bellHeld:
+		// The doorbell is down after a ring until the watcher that was
+		// granted it lets go: take it back soon (a ring waits for it).
+		sleep = min(sleep, bellRetry.Seconds())
+	}
+	r.dirty = false
+	unlock := slices.Clone(r.unlock)
+	ring, bellHeld := r.ring && r.bellHeld, r.bellHeld
+	var cands, forced []int64
+	held := 0
+	for k, g := range r.claims {
+		switch {
+		case g.held:
+			held++
+		case g.ended:
+		case !r.freeSince[k].IsZero() && time.Since(r.freeSince[k]) >= forceAfter*cfg.heartbeat &&
+			time.Since(r.shedAt[k]) > keepShedOff*cfg.heartbeat:
+			forced = append(forced, k)
+		default:
+			cands = append(cands, k)
+		}
+	}
+	want := len(r.claims)
+	if time.Now().Before(r.fullUntil) {
+		// Nothing that needs a new entry in the lock table: no takes, and
+		// the doorbell neither rung nor taken back.
+		cands, forced = nil, nil
+		ring, bellHeld = false, true
+	}
+	r.mu.Unlock()
+
+	var (
+		bell                     bool
+		live, taken, took2, free string
+		token                    sql.NullInt64
+		lsn                      sql.NullString
+	)
+	sent := time.Now()
+	err = h.conn.QueryRowContext(ctx, beatSQL, sleep, int64s(unlock).text(), ring, bellKey(r.s.id), bellHeld,
+		int64(presenceClass), int64s(cands).text(), want, held, !cfg.noSpread, int64s(forced).text(),
+		"fencing token for a session "+fmt.Sprintf("%08x", r.s.id), int64(r.s.id)).
+		Scan(&pid, &bell, &live, &taken, &took2, &free, &token, &lsn)
+	if err != nil {
+		// A cancelled beat (the watcher's poke, which may come late, or an
+		// operator's pg_cancel_backend) leaves the session alive, and so
+		// does a full lock table: neither is a loss.
+		full := sqlState(err) == "53200"
+		if sqlState(err) != "57014" && !full {
+			return 0, false, err
+		}
+		// Some names may be locked without our knowing: unlock them. The
+		// answer shows the session alive: it counts as a heartbeat, so
+		// that a full lock table costs no hold.
+		pid, rerr := r.reconcile(ctx, h, append(cands, forced...))
+		if rerr != nil {
+			return 0, false, fmt.Errorf("%w (and then: %v)", rerr, err)
+		}
+		r.mu.Lock()
+		r.bellHeld = false // the ring may have stopped half way; the next beat looks
+		if full {
+			r.fullUntil = time.Now().Add(cfg.waitChunk)
+			for _, k := range append(cands, forced...) {
+				if g := r.claims[k]; g != nil && !g.held {
+					g.endLocked(fmt.Errorf("session %08x: %w", r.s.id, ErrLockTableFull))
+				}
+			}
+		}
+		r.mu.Unlock()
+		if full {
+			cfg.logger.Error("the server's lock table is full: names not taken, holds kept", "session", fmt.Sprintf("%08x", r.s.id), "err", err)
+		}
+		return pid, true, nil
+	}
+	if late := time.Since(sent); late > cfg.loss {
+		// Read too late to vouch for anything (was this process paused?).
+		return 0, false, fmt.Errorf("%w: a heartbeat answer read %v after it was sent", errStaleGrant, late.Round(time.Millisecond))
+	}
+	liveIDs, err1 := parseInt64s(live)
+	tk, err2 := parseInt64s(taken)
+	fk, err3 := parseInt64s(took2)
+	fr, err4 := parseInt64s(free)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return 0, false, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unlock = r.unlock[len(unlock):]
+	if ring {
+		r.ring = false
+		r.rungFree = len(fr)
+	}
+	r.bellHeld = bell
+	r.live = liveIDs
+	for _, k := range fk {
+		r.keep[k] = time.Now()
+	}
+	for _, k := range append(tk, fk...) {
+		g := r.claims[k]
+		if g == nil || g.held || g.ended {
+			// Given up while the beat ran: unlock at the next.
+			r.unlock = append(r.unlock, k)
+			r.dirty = true
+			continue
+		}
+		g.held = true
+		g.token = uint64(token.Int64)
+		close(g.ready)
+	}
+	since := make(map[int64]time.Time, len(fr))
+	for _, k := range fr {
+		if t, ok := r.freeSince[k]; ok {
+			since[k] = t
+		} else {
+			since[k] = sent
+		}
+	}
+	r.freeSince = since
+	// Free names left over that this Session is not taking: ring, so that
+	// the Session that watches this one looks (it may be under its share).
+	// Only when the number changed since the last ring, so that names no
+	// Session takes do not ring around forever.
+	if len(fr) > 0 && len(fr) != r.rungFree {
+		r.ring = true
+	}
+	if len(tk)+len(fk) > 0 || len(fr) > 0 {
+		cfg.logger.Debug("heartbeat", "session", fmt.Sprintf("%08x", r.s.id), "took", len(tk), "forced", len(fk), "free", len(fr), "live", len(liveIDs), "wanted", want, "held", held, "sleep", sleep)
+	}
+	r.shedLocked(pid)
+	close(r.beatDone)
+	r.beatDone = make(chan struct{})
+	return pid, true, nil
+}
+
+// share returns how many of want names the Session id should hold when
+// the live Sessions are live (sorted): want / len(live), and one more for
+// the want % len(live) Sessions with the lowest ids, so that Sessions that
+// want the same names end up holding numbers at most one apart. beatSQL
+// computes the same.
+func share(want int, live []int64, id int64) int {
+	n := max(len(live), 1)
+	rank, _ := slices.BinarySearch(live, id)
+	s := want / n
+	if rank < want%n {
+		s++
+	}
+	return s
+}
+
+// shedLocked gives up the names this Session holds beyond its share,
+// closing their Lost; the supervisor stops the work and calls Release,
+// which unlocks the name and rings the doorbell.
+func (r *run) shedLocked(pid int) {
+	if r.s.cfg.noSpread || len(r.live) < 2 {
+		return
+	}
+	share := share(len(r.claims), r.live, int64(r.s.id))
+	var held []*grant
+	for _, g := range r.claims {
+		if g.held && !g.ended && time.Since(r.keep[g.key]) > keepFor*r.s.cfg.heartbeat {
+			held = append(held, g)
+		}
+	}
+	extra := len(held) - share
+	if extra <= 0 {
+		return
+	}
+	slices.SortFunc(held, func(a, b *grant) int { return int(a.token) - int(b.token) })
+	for _, g := range held[len(held)-extra:] {
+		g.endLocked(&LostError{Lock: g.label, PID: pid, Cause: ErrShed})
+		r.shedAt[g.key] = time.Now()
+	}
+	r.s.cfg.logger.Info("names given up to spread them", "session", fmt.Sprintf("%08x", r.s.id), "names", extra, "share", share, "live", len(r.live))
+}
+
+// reconcile unlocks those of keys that the session holds (see
+// reconcileSQL), and returns the backend pid: the session lives on.
+func (r *run) reconcile(ctx context.Context, h *hold, keys []int64) (pid int, err error) {
+	for i := 0; i < unlockTries; i++ {
+		var n int
+		err = h.conn.QueryRowContext(ctx, reconcileSQL, int64s(keys).text()).Scan(&pid, &n)
+		if err == nil || sqlState(err) != "57014" {
+			break
+		}
+	}
+	return pid, err
+}
+
+// watchTarget returns the bell key of the Session this one watches: the
+// next live one in the order of their ids, around the ring; 0 when it is
+// alone.
+func (r *run) watchTarget() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.live) < 2 {
+		return 0
+	}
+	me := int64(r.s.id)
+	i, _ := slices.BinarySearch(r.live, me+1)
+	next := r.live[i%len(r.live)]
+	if next == me {
+		return 0
+	}
+	return bellKey(uint32(next))
+}
+
+// waitSQL waits, for at most lock_timeout, until the watched Session's
+// doorbell is free — it rang, or the Session ended — and lets it go at
+// once.
+const waitSQL = `SELECT pg_catalog.pg_advisory_unlock_shared($1)
+	FROM (SELECT pg_catalog.pg_advisory_lock_shared($1) OFFSET 0) w`
+
+// pokeSQL interrupts the holding connection's heartbeat while it sleeps
+// (and only then: a cancel that lands on anything else is wasted).
+const pokeSQL = `SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
+	WHERE pid = $1 AND backend_start::text = $2 AND wait_event = 'PgSleep'`
+
+// watchSetupSQL configures the watcher's session: the server-side bound,
+// the chunk of each wait, a search_path nothing can shadow.
+const watchSetupSQL = `SELECT pg_catalog.concat_ws(',',
+	pg_catalog.set_config('application_name', $1, false),
+	pg_catalog.set_config('lock_timeout', $2, false),
+	pg_catalog.set_config('statement_timeout', $3, false),
+	pg_catalog.set_config('idle_in_transaction_session_timeout', $3, false),
+	CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000
+		THEN pg_catalog.set_config('idle_session_timeout', $3, false) END,
+	pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false))`
+
+// watch is the watcher: on its own connection it waits, in chunks of
+// WaitChunk, on the doorbell of the next live Session. When the wait is
+// granted — that Session crashed, was cut off, or released names — it
+// interrupts its own heartbeat so that the holding connection takes what
+// is free at once. Alone, it waits on nothing: the heartbeat finds free
+// names each HeartbeatInterval.
+func (r *run) watch() {
+	defer close(r.done)
+	cfg := r.s.cfg
+	var conn *sql.Conn
+	defer func() {
+		if conn != nil {
+			destroy(conn)
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-r.stop:
+		case <-r.h.lost:
+		}
+		cancel()
+	}()
+	backoff := 100 * time.Millisecond
+	pause := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for ctx.Err() == nil {
+		target := r.watchTarget()
+		if target == 0 {
+			r.mu.Lock()
+			c := r.beatDone
+			r.mu.Unlock()
+			select {
+			case <-c:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		if conn == nil {
+			c, err := r.watchConn(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					cfg.logger.Warn("the session's watcher cannot connect; free names are found by the heartbeat meanwhile", "session", fmt.Sprintf("%08x", r.s.id), "err", err)
+				}
+				if !pause(backoff) {
+					return
+				}
+				backoff = min(2*backoff, cfg.waitChunk)
+				continue
+			}
+			conn, backoff = c, 100*time.Millisecond
+		}
+		wctx, wcancel := context.WithTimeout(ctx, cfg.waitChunk+cfg.sessionTimeout)
+		var x sql.NullBool
+		err := conn.QueryRowContext(wctx, waitSQL, target).Scan(&x)
+		wcancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if isLockTimeout(err) {
+			continue
+		}
+		if err != nil {
+			// The server ended the session, or refused the wait (a full
+			// lock table): start again on a new connection, not at once.
+			destroy(conn)
+			conn = nil
+			if !pause(backoff) {
+				return
+			}
+			backoff = min(2*backoff, cfg.waitChunk)
+			continue
+		}
+		// Woken: interrupt the heartbeat's sleep, and wait for the beat
+		// that follows, which takes what is free and re-links the ring.
+		cfg.logger.Debug("doorbell", "session", fmt.Sprintf("%08x", r.s.id), "watched", fmt.Sprintf("%08x", uint32(target)))
+		r.mu.Lock()
+		r.dirty = true
+		c := r.beatDone
+		r.mu.Unlock()
+		if err := r.pokeVia(ctx, conn.ExecContext, c); err != nil {
+			destroy(conn)
+			conn = nil
+		}
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return
+		}
+		// The doorbell is down until its Session takes it back (its next
+		// beat): do not spin on it.
+		if !pause(10 * time.Millisecond) {
+			return
+		}
+	}
+}
+
+// watchConn pins and sets up the watcher's connection.
+func (r *run) watchConn(ctx context.Context) (*sql.Conn, error) {
+	cfg := r.s.cfg
+	conn, err := r.s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.sessionTimeout)
+	defer cancel()
+	var s sql.NullString
+	if err := conn.QueryRowContext(sctx, watchSetupSQL, cfg.identity, ms(cfg.waitChunk), ms(cfg.sessionTimeout)).Scan(&s); err != nil {
+		destroy(conn)
+		return nil, err
+	}
+	return conn, nil
+}
+
+// poke interrupts the heartbeat's sleep through the pool, so that a
+// release is carried out at once; where the pool has no connection to
+// spare it is carried out at the next beat (HeartbeatInterval).
+func (r *run) poke() {
+	if r.s.pres.lastConn() || !r.poking.CompareAndSwap(false, true) {
+		return // no connection to spare, or a poke is on its way already
+	}
+	defer r.poking.Store(false)
+	r.mu.Lock()
+	c := r.beatDone
+	r.mu.Unlock()
+	_ = r.pokeVia(context.Background(), r.s.db.ExecContext, c)
+}
+
+// pokeTries and pokeEvery bound how often a poke is sent again while the
+// beat it was meant for does not end: a cancel that reaches the backend
+// just before its sleep starts does nothing.
+const (
+	pokeTries = 5
+	pokeEvery = 20 * time.Millisecond
+)
+
+// pokeVia interrupts the heartbeat's sleep with exec (the watcher's
+// connection or the pool) until the beat beat ends, or pokeTries times.
+func (r *run) pokeVia(ctx context.Context, exec func(context.Context, string, ...any) (sql.Result, error), beat <-chan struct{}) error {
+	for i := 0; i < pokeTries; i++ {
+		pctx, cancel := context.WithTimeout(ctx, reapTimeout)
+		_, err := exec(pctx, pokeSQL, r.h.backend.pid, r.h.backend.start)
+		cancel()
+		if err != nil {
+			return err
+		}
+		t := time.NewTimer(pokeEvery)
+		select {
+		case <-beat:
+			t.Stop()
+			return nil
+		case <-r.h.lost:
+			t.Stop()
+			return nil
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+var (
+	_ locker.Locker    = (*sessionLocker)(nil)
+	_ locker.Errer     = (*sessionLocker)(nil)
+	_ locker.Graceful  = (*sessionLocker)(nil)
+	_ locker.Fencer    = (*sessionLocker)(nil)
+	_ locker.Voucher   = (*sessionLocker)(nil)
+	_ locker.Inspector = (*sessionLocker)(nil)
+)
+
+// A sessionLocker is a name on a Session.
+type sessionLocker struct {
+	s     *Session
+	key   int64
+	label string
+
+	op  sync.Mutex // serialises Acquire and Release
+	mu  sync.Mutex // guards cur
+	cur *grant     // the last grant; nil before the first Acquire
+}
+
+// Acquire blocks until the name is held on the Session, ctx is done, or
+// the Session fails. The first Acquire on a Session connects it.
+func (l *sessionLocker) Acquire(ctx context.Context) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	l.mu.Lock()
+	g := l.cur
+	l.mu.Unlock()
+	if g != nil {
+		g.r.mu.Lock()
+		held := g.held && !g.ended
+		mine := g.r.claims[g.key] == g
+		g.r.mu.Unlock()
+		if held {
+			return locker.ErrHeld
+		}
+		if mine {
+			// Lost or shed without Release: give the claim up first.
+			<-g.r.drop(g)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return l.errorf("acquire: %w", err)
+	}
+	var r *run
+	for {
+		var err error
+		r, err = l.s.runFor(ctx)
+		if err != nil {
+			return l.errorf("acquire: %w", err)
+		}
+		g = &grant{r: r, key: l.key, label: l.label, ready: make(chan struct{}), lost: make(chan struct{}), gone: make(chan struct{})}
+		err = r.claim(ctx, g)
+		if err == errRunClosed {
+			continue
+		}
+		if err != nil {
+			return l.errorf("acquire: %w", err)
+		}
+		break
+	}
+	select {
+	case <-g.ready:
+	case <-g.lost:
+	case <-ctx.Done():
+	}
+	r.mu.Lock()
+	ok := g.held && !g.ended
+	gerr := g.err
+	r.mu.Unlock()
+	if !ok {
+		r.drop(g) // unlocks it at the next beat if it was granted meanwhile
+		l.s.closeIdle(r)
+		if gerr == nil || errors.Is(gerr, locker.ErrNotHeld) {
+			gerr = ctx.Err()
+		}
+		if gerr == nil {
+			gerr = locker.ErrNotHeld
+		}
+		return l.errorf("acquire: %w", gerr)
+	}
+	l.mu.Lock()
+	l.cur = g
+	l.mu.Unlock()
+	l.s.cfg.logger.Info("lock acquired", "lock", l.label, "key", l.key, "session", fmt.Sprintf("%08x", l.s.id))
+	return nil
+}
+
+// Release gives the name up: Lost closes, then the Session's connection
+// unlocks it and rings the doorbell, so that another Session takes it.
+// It returns once that is done, or the Session's connection has ended.
+func (l *sessionLocker) Release(ctx context.Context) error {
+	l.op.Lock()
+	defer l.op.Unlock()
+	l.mu.Lock()
+	g := l.cur
+	l.mu.Unlock()
+	if g == nil {
+		return nil
+	}
+	g.r.mu.Lock()
+	mine := g.r.claims[g.key] == g
+	wasHeld := g.held
+	g.r.mu.Unlock()
+	if !mine {
+		return nil
+	}
+	done := g.r.drop(g)
+	if wasHeld {
+		g.r.poke()
+	}
+	t := time.NewTimer(l.s.cfg.heartbeat + releaseGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return l.errorf("release: the unlock waits for the session's next heartbeat: %w", ctx.Err())
+		}
+	}
+	l.s.cfg.logger.Info("lock released", "lock", l.label, "key", l.key, "session", fmt.Sprintf("%08x", l.s.id))
+	l.s.closeIdle(g.r)
+	return nil
+}
+
+// Lost returns a channel that is closed when the name is not held.
+func (l *sessionLocker) Lost() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.cur == nil {
+		return closed
+	}
+	return l.cur.lost
+}
+
+// Err says why the name is not held, or nil while it is.
+func (l *sessionLocker) Err() error {
+	l.mu.Lock()
+	g := l.cur
+	l.mu.Unlock()
+	if g == nil {
+		return locker.ErrNotHeld
+	}
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	return g.err
+}
+
+// Grace returns the Session's Grace.
+func (l *sessionLocker) Grace() time.Duration { return l.s.cfg.grace }
+
+// Token returns the fencing token of the current hold.
+func (l *sessionLocker) Token() (uint64, bool) {
+	l.mu.Lock()
+	g := l.cur
+	l.mu.Unlock()
+	if g == nil {
+		return 0, false
+	}
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	if g.ended || !g.held {
+		return 0, false
+	}
+	return g.token, true
+}
+
+// VouchedUntil returns the Session's loss deadline while the name is held.
+func (l *sessionLocker) VouchedUntil() time.Time {
+	l.mu.Lock()
+	g := l.cur
+	l.mu.Unlock()
+	if g == nil {
+		return time.Time{}
+	}
+	g.r.mu.Lock()
+	ended := g.ended || !g.held
+	g.r.mu.Unlock()
+	if ended {
+		return time.Time{}
+	}
+	return g.r.h.vouchedUntil()
+}
+
+// Identity returns the application_name of the Session's connections.
+func (l *sessionLocker) Identity() string { return l.s.cfg.identity }
+
+// Holder returns the identity of the session that holds the name, "" when
+// nobody does (see WhoHolds).
+func (l *sessionLocker) Holder(ctx context.Context) (string, error) {
+	h, err := WhoHoldsKey(ctx, l.s.db, l.key)
+	if err != nil || h == nil {
+		return "", err
+	}
+	return h.ApplicationName, nil
+}
+
+func (l *sessionLocker) errorf(format string, args ...any) error {
+	return fmt.Errorf("postgres: lock %s: "+format, append([]any{l.label}, args...)...)
+}

@@ -1,0 +1,280 @@
+package postgres_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/onlyone-go/onlyone/locker"
+	"github.com/onlyone-go/onlyone/locker/lockertest"
+	"github.com/onlyone-go/onlyone/locker/postgres"
+)
+
+// quick are Session settings that keep tests short.
+var quick = []postgres.Option{
+	postgres.WithHeartbeatInterval(100 * time.Millisecond),
+	postgres.WithLossTimeout(time.Second),
+	postgres.WithGrace(time.Second),
+}
+
+func newSession(t *testing.T, db *sql.DB, opts ...postgres.Option) *postgres.Session {
+	t.Helper()
+	s, err := postgres.NewSession(db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
+
+func sessionLocker(t *testing.T, s *postgres.Session, name string) locker.Locker {
+	t.Helper()
+	l, err := s.Locker(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestSessionConformance(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		lockertest.Run(t, lockertest.Backend{
+			New: func(t *testing.T, name string) locker.Locker {
+				l := sessionLocker(t, newSession(t, e.db, quick...), name)
+				namesMu.Lock()
+				names[l] = name
+				namesMu.Unlock()
+				return l
+			},
+			Break: func(t *testing.T, l locker.Locker) {
+				// The Session's backend: the one that holds the name.
+				e.terminate(t, postgres.Key(lockName(t, l)))
+			},
+			Contenders: 4,
+			Rounds:     5,
+		})
+	})
+}
+
+// lockName recovers the name of a Session Locker from its errors' prefix.
+func lockName(t *testing.T, l locker.Locker) string {
+	t.Helper()
+	namesMu.Lock()
+	n, ok := names[l]
+	namesMu.Unlock()
+	if !ok {
+		t.Fatal("unknown Locker")
+	}
+	return n
+}
+
+var (
+	namesMu sync.Mutex
+	names   = map[locker.Locker]string{}
+)
+
+// TestSessionManyNames holds many names of one Session on one connection
+// and a second Session takes them over when the first is closed.
+func TestSessionManyNames(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		base := uniqueName(t)
+		const n = 50
+		a := newSession(t, e.db, append(quick, postgres.WithIdentity("session-a"), postgres.WithSpread(false))...)
+		var ls []locker.Locker
+		for i := 0; i < n; i++ {
+			ls = append(ls, sessionLocker(t, a, fmt.Sprintf("%s.%d", base, i)))
+		}
+		for _, l := range ls {
+			if err := l.Acquire(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := e.sessions(t, "session-a"); got > 2 {
+			t.Errorf("session a has %d server connections, want at most 2", got)
+		}
+		b := newSession(t, e.db, append(quick, postgres.WithIdentity("session-b"), postgres.WithSpread(false))...)
+		lb := sessionLocker(t, b, base+".0")
+		acquired := make(chan error, 1)
+		go func() { acquired <- lb.Acquire(ctx) }()
+		select {
+		case err := <-acquired:
+			t.Fatalf("b acquired a held name: %v", err)
+		case <-time.After(300 * time.Millisecond):
+		}
+		start := time.Now()
+		if err := ls[0].Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-acquired; err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("graceful hand-over of one name: %v", time.Since(start))
+		if tok, ok := lb.(locker.Fencer).Token(); !ok || tok == 0 {
+			t.Errorf("Token() = %d, %v", tok, ok)
+		}
+		_ = lb.Release(ctx)
+		for _, l := range ls[1:] {
+			select {
+			case <-l.Lost():
+				t.Fatal("Lost closed while held")
+			default:
+			}
+		}
+	})
+}
+
+// sessions counts the server connections with the application_name id.
+func (e *env) sessions(t *testing.T, id string) int {
+	t.Helper()
+	var n int
+	if err := e.admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestSessionLockTableFull fills the server's shared lock table with
+// another session's locks: a Session's Acquire then fails with
+// ErrLockTableFull, clearly, and the names it holds stay held; once room
+// is made, the name is taken.
+func TestSessionLockTableFull(t *testing.T) {
+	srv := ownServer(t)
+	for _, d := range drivers {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, srv, d, srv.URL)
+			s := newSession(t, e.db, quick...)
+			base := uniqueName(t)
+			held := sessionLocker(t, s, base+".held")
+			if err := held.Acquire(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// Fill the table from another session, until the server refuses.
+			filler, err := e.admin.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer filler.Close()
+			n := 0
+			for ; n < 1_000_000; n += 100 {
+				_, err = filler.ExecContext(ctx, `SELECT pg_advisory_lock(k) FROM generate_series($1::bigint, $1::bigint + 99) k`, int64(n))
+				if err != nil {
+					break
+				}
+			}
+			if sqlStateOf(err) != "53200" {
+				t.Fatalf("filling the lock table: %v", err)
+			}
+			t.Logf("the lock table held about %d advisory locks", n)
+			more := sessionLocker(t, s, base+".more")
+			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			err = more.Acquire(actx)
+			if !errors.Is(err, postgres.ErrLockTableFull) {
+				t.Fatalf("Acquire with the lock table full: %v, want ErrLockTableFull", err)
+			}
+			t.Logf("Acquire: %v", err)
+			select {
+			case <-held.Lost():
+				t.Fatalf("a held name was lost when the table filled: %v", locker.Err(held))
+			default:
+			}
+			if _, err := filler.ExecContext(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
+				t.Fatal(err)
+			}
+			if err := more.Acquire(actx); err != nil {
+				t.Fatalf("Acquire once there is room: %v", err)
+			}
+			select {
+			case <-held.Lost():
+				t.Fatalf("a held name was lost: %v", locker.Err(held))
+			default:
+			}
+			_ = more.Release(ctx)
+			_ = held.Release(ctx)
+		})
+	}
+}
+
+// sqlStateOf returns the SQLSTATE of a driver error, or "".
+func sqlStateOf(err error) string {
+	var s interface{ SQLState() string }
+	if errors.As(err, &s) {
+		return s.SQLState()
+	}
+	return ""
+}
+
+// TestSessionUnprivileged runs two Sessions as a role with LOGIN and
+// nothing else: the first holds 20 names, the second waits for them; when
+// an operator terminates the first one's holding backend, every name's
+// Lost closes and the second Session takes all of them.
+func TestSessionUnprivileged(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		url := unprivileged(t, e)
+		noSpread := append(quick, postgres.WithSpread(false))
+		a := newSession(t, open(t, e.driver, url), noSpread...)
+		b := newSession(t, open(t, e.driver, url), noSpread...)
+		base := uniqueName(t)
+		const n = 20
+		var held, waiting []locker.Locker
+		for i := 0; i < n; i++ {
+			l := sessionLocker(t, a, fmt.Sprintf("%s.%d", base, i))
+			if err := l.Acquire(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if tok, ok := l.(locker.Fencer).Token(); !ok || tok == 0 {
+				t.Fatalf("Token() = %d, %v", tok, ok)
+			}
+			held = append(held, l)
+		}
+		got := make(chan error, n)
+		for i := 0; i < n; i++ {
+			l := sessionLocker(t, b, fmt.Sprintf("%s.%d", base, i))
+			waiting = append(waiting, l)
+			go func() { got <- l.Acquire(ctx) }()
+		}
+		// Let b's Acquires reach the server: none may succeed.
+		select {
+		case err := <-got:
+			t.Fatalf("an Acquire returned while a held every name: %v", err)
+		case <-time.After(500 * time.Millisecond):
+		}
+		cut := time.Now()
+		e.terminate(t, postgres.Key(base+".0"))
+		for _, l := range held {
+			select {
+			case <-l.Lost():
+			case <-time.After(5 * time.Second):
+				t.Fatal("a name's Lost stayed open after its session was terminated")
+			}
+			if err := locker.Err(l); !errors.Is(err, locker.ErrLost) {
+				t.Errorf("Err() = %v, want ErrLost", err)
+			}
+		}
+		for i := 0; i < n; i++ {
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%d of %d names taken over within 10s", i, n)
+			}
+		}
+		t.Logf("terminate → every name held by the other Session: %v", time.Since(cut))
+		for _, l := range waiting {
+			_ = l.Release(ctx)
+		}
+	})
+}
