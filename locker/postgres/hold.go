@@ -262,16 +262,16 @@ func (h *hold) beat() (err error, dead bool) {
 		// failure: the next one follows at once.
 		p, ok, err := h.sess.beat(ctx, h)
 		if err != nil {
-			return fmt.Errorf("heartbeat: %w", err)
+			return fmt.Errorf("heartbeat: %w", err), ctx.Err() == nil && sessionEnded(err)
 		}
 		if !ok {
-			return nil
+			return nil, false
 		}
 		if p != h.pid {
-			return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, p)
+			return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, p), false
 		}
 		h.extend(sent)
-		return nil
+		return nil, false
 	}
 	if err := h.conn.QueryRowContext(ctx, heartbeatSQL, h.l.cfg.heartbeat.Seconds()).Scan(&pid); err != nil {
 		return fmt.Errorf("heartbeat: %w", err), ctx.Err() == nil && sessionEnded(err)

@@ -114,9 +114,11 @@ func (s *Session) Locker(name string) (locker.Locker, error) {
 	return &sessionLocker{s: s, key: key, label: fmt.Sprintf("%q", name)}, nil
 }
 
-// Close releases every hold of s and ends its connections. Stop the work
-// of its Lockers first (their supervisors do): Close closes every Lost and
-// does not wait for anyone. Acquire on a Locker of a closed Session
+// Close releases every hold of s and ends its connections. It closes
+// every Lost at once, then waits until each held name has been released
+// by its Locker (under package supervise: once its work stopped), or Grace
+// has passed, before it ends the connection that holds them: ending it
+// frees every name at once. Acquire on a Locker of a closed Session
 // returns an error.
 func (s *Session) Close() error {
 	s.start.Lock()
@@ -157,6 +159,13 @@ func (s *Session) runFor(ctx context.Context) (*run, error) {
 		case <-r.done:
 		case <-ctx.Done():
 			return nil, s.errorf("starting: %w", ctx.Err())
+		}
+		// Starting the new run releases the old hold, which ends its
+		// session: every name still held on it would be free at once,
+		// while its work may still be stopping. Wait until each is
+		// released, or Grace has passed since the loss.
+		if err := r.waitReleased(ctx, s.cfg.grace); err != nil {
+			return nil, s.errorf("starting: %w", err)
 		}
 	}
 	r = newRun(s)
@@ -202,6 +211,7 @@ type run struct {
 	rungFree  int                 // free names left over when the doorbell last rang
 	fullUntil time.Time           // no takes before: the lock table was full
 	beatDone  chan struct{}       // closed and replaced after each beat
+	dropped   chan struct{}       // closed and replaced when a claim is dropped
 }
 
 func newRun(s *Session) *run {
@@ -215,6 +225,7 @@ func newRun(s *Session) *run {
 		keep:      map[int64]time.Time{},
 		shedAt:    map[int64]time.Time{},
 		beatDone:  make(chan struct{}),
+		dropped:   make(chan struct{}),
 	}
 }
 
@@ -272,6 +283,11 @@ func (r *run) close() error {
 		g.endLocked(locker.ErrNotHeld)
 	}
 	r.mu.Unlock()
+	// Lost is closed for every name; the work on each may still be
+	// stopping. Releasing the presence hold ends the session and frees
+	// every name at once, so first wait until each is released (its work
+	// stopped, under package supervise) or Grace has passed.
+	_ = r.waitReleased(context.Background(), r.s.cfg.grace)
 	err := r.s.pres.Release(context.Background())
 	close(r.stop)
 	<-r.done
@@ -280,6 +296,33 @@ func (r *run) close() error {
 		return r.s.errorf("close: %w", err)
 	}
 	return nil
+}
+
+// waitReleased waits, for at most grace, until no name is held on the lost
+// run r any more: each was released by its Locker (the work on it has
+// stopped, under package supervise).
+func (r *run) waitReleased(ctx context.Context, grace time.Duration) error {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for {
+		r.mu.Lock()
+		held := false
+		for _, g := range r.claims {
+			held = held || g.held
+		}
+		dropped := r.dropped
+		r.mu.Unlock()
+		if !held {
+			return nil
+		}
+		select {
+		case <-dropped:
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // errRunClosed is claim's error on a run that is being closed: Acquire
@@ -351,6 +394,8 @@ func (r *run) drop(g *grant) <-chan struct{} {
 	if r.claims[g.key] == g {
 		delete(r.claims, g.key)
 		close(g.gone)
+		close(r.dropped)
+		r.dropped = make(chan struct{})
 		delete(r.keep, g.key)
 		if g.held {
 			r.unlock = append(r.unlock, g.key)
@@ -540,9 +585,11 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		}
 	}
 	want := len(r.claims)
-	if time.Now().Before(r.fullUntil) {
+	full := time.Now().Before(r.fullUntil)
+	if full {
 		// Nothing that needs a new entry in the lock table: no takes, and
-		// the doorbell neither rung nor taken back.
+		// the doorbell neither rung nor taken back. (bellHeld is sent as
+		// true only to skip the doorbell; its answer says nothing.)
 		cands, forced = nil, nil
 		ring, bellHeld = false, true
 	}
@@ -603,12 +650,19 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if pid != h.pid {
+		// Another backend answered (a transaction-mode pooler): grant
+		// nothing on it; the hold reports ErrBackendChanged.
+		return pid, true, nil
+	}
 	r.unlock = r.unlock[len(unlock):]
 	if ring {
 		r.ring = false
 		r.rungFree = len(fr)
 	}
-	r.bellHeld = bell
+	if !full {
+		r.bellHeld = bell
+	}
 	r.live = liveIDs
 	for _, k := range fk {
 		r.keep[k] = time.Now()
