@@ -1,8 +1,10 @@
 // Package faultproxy puts a real TCP proxy between a client and a server so
 // that tests can inject network faults: Drop makes the network silent in
-// both directions (a partition: writes succeed, nothing arrives), and
-// Pooler moves a PostgreSQL session to another backend between two
-// statements, as a transaction-mode pooler does. Loopback only.
+// both directions (a partition: writes succeed, nothing arrives), Retarget
+// moves the address to another server (a failover behind a stable address,
+// as a managed service's endpoint or a virtual IP does), and Pooler moves a
+// PostgreSQL session to another backend between two statements, as a
+// transaction-mode pooler does. Loopback only.
 package faultproxy
 
 import (
@@ -14,7 +16,7 @@ import (
 // A Proxy forwards every connection made to Addr to a target address.
 type Proxy struct {
 	ln     net.Listener
-	target string
+	target atomic.Pointer[string]
 
 	dropping atomic.Bool
 	conns    conns
@@ -27,7 +29,8 @@ func Start(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, target: target}
+	p := &Proxy{ln: ln}
+	p.target.Store(&target)
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
@@ -45,6 +48,15 @@ func (p *Proxy) Restore() { p.dropping.Store(false) }
 
 func (p *Proxy) isDropping() bool { return p.dropping.Load() }
 
+// Retarget sends every connection made from now on to target, and closes
+// every connection open now, on both sides: clients of the old server see
+// their sessions end and reconnect, at the same address, to the new one —
+// a failover behind a stable address, with the old server fenced off.
+func (p *Proxy) Retarget(target string) {
+	p.target.Store(&target)
+	p.conns.closeOpen()
+}
+
 // Close stops listening, closes every connection and waits for the
 // proxy's goroutines to end.
 func (p *Proxy) Close() error {
@@ -54,10 +66,11 @@ func (p *Proxy) Close() error {
 	return err
 }
 
-// conns are the connections a proxy opened, to be closed all at once.
+// conns are the connections a proxy opened and has not closed yet, to be
+// closed all at once.
 type conns struct {
 	mu     sync.Mutex
-	open   []net.Conn
+	open   map[net.Conn]struct{}
 	closed bool
 }
 
@@ -70,18 +83,38 @@ func (cs *conns) track(c net.Conn) bool {
 		c.Close()
 		return false
 	}
-	cs.open = append(cs.open, c)
+	if cs.open == nil {
+		cs.open = make(map[net.Conn]struct{})
+	}
+	cs.open[c] = struct{}{}
 	return true
+}
+
+// close closes c and forgets it, so that a proxy that lives long does not
+// keep every connection it ever made.
+func (cs *conns) close(c net.Conn) {
+	cs.mu.Lock()
+	delete(cs.open, c)
+	cs.mu.Unlock()
+	c.Close()
+}
+
+// closeOpen closes every connection tracked now.
+func (cs *conns) closeOpen() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	for c := range cs.open {
+		c.Close()
+		delete(cs.open, c)
+	}
 }
 
 // closeAll closes every connection tracked, and every one tracked later.
 func (cs *conns) closeAll() {
 	cs.mu.Lock()
-	defer cs.mu.Unlock()
 	cs.closed = true
-	for _, c := range cs.open {
-		c.Close()
-	}
+	cs.mu.Unlock()
+	cs.closeOpen()
 }
 
 func (p *Proxy) accept() {
@@ -94,13 +127,13 @@ func (p *Proxy) accept() {
 		if !p.conns.track(client) {
 			return
 		}
-		server, err := net.Dial("tcp", p.target)
+		server, err := net.Dial("tcp", *p.target.Load())
 		if err != nil {
-			client.Close()
+			p.conns.close(client)
 			continue
 		}
 		if !p.conns.track(server) {
-			client.Close()
+			p.conns.close(client)
 			return
 		}
 		p.wg.Add(2)
@@ -116,8 +149,8 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	defer func() {
 		if !p.isDropping() {
-			dst.Close()
-			src.Close()
+			p.conns.close(dst)
+			p.conns.close(src)
 		}
 	}()
 	buf := make([]byte, 32<<10)
