@@ -39,10 +39,15 @@ type Report struct {
 	BadLines              int // record lines that did not parse
 }
 
-// gapBound is the longest leaderless interval the settings allow: a frozen
-// or partitioned holder keeps the lock for SessionTimeout; a restarted
-// server takes a moment more to accept the nodes again.
+// gapBound is the longest leaderless interval the settings allow after a
+// fault on a node: a frozen or partitioned holder keeps the lock for
+// SessionTimeout, and a moment more to reconnect. Longer gaps are listed
+// with the faults around them (several faults at once add up).
 const gapBound = 2200*time.Millisecond + 2*time.Second
+
+// leadAgain is the liveness bound: a leaderless interval longer than this,
+// whatever the faults, is a failure.
+const leadAgain = 40 * time.Second
 
 func check(c *controller, leaked int) (*Report, error) {
 	r := &Report{Faults: map[string]int{}, LeaderFaults: map[string]int{}, Latency: map[string][]time.Duration{},
@@ -139,10 +144,10 @@ func check(c *controller, leaked int) (*Report, error) {
 		}
 	}
 	for _, f := range faults {
-		if f.Kind == Restart {
+		if f.Node == "" { // a server fault: every lock was freed
 			for _, x := range runs {
 				if x.start.After(f.Till) {
-					r.Latency[Restart] = append(r.Latency[Restart], x.start.Sub(f.At))
+					r.Latency[f.Kind] = append(r.Latency[f.Kind], x.start.Sub(f.At))
 					break
 				}
 			}
@@ -151,38 +156,51 @@ func check(c *controller, leaked int) (*Report, error) {
 	return r, nil
 }
 
+// The two documented windows, as the locker/postgres package doc names them.
+const (
+	WindowFreeze    = "freeze"    // a process paused longer than the server waits for it
+	WindowTerminate = "terminate" // an operator's pg_terminate_backend: the session freed at once
+)
+
 // explain names the documented window that lets a's work overlap b's, or
 // returns "". Each window has a precise shape:
 //
-//   - paused process: b started while a was frozen (the server ended a's
-//     silent session), and a's work stopped soon after a resumed;
-//   - pg_terminate_backend, server crash: the server freed the lock of one
-//     of them at once — of the one that ran first, or of one whose grant
-//     was made before and read after (it was paused in between) — the
-//     other started after that, and the first one's work stopped soon
-//     after, when a heartbeat failed.
+//   - freeze: b started while a was frozen, no sooner than Grace after the
+//     freeze began (the server frees a silent session only after
+//     SessionTimeout, and a restarted one grants only after its quarantine)
+//     unless a's session was terminated in between; and a's work stopped
+//     soon after a resumed;
+//   - terminate: an operator freed the lock of one of them at once — of the
+//     one that ran first, or of one whose grant was made before and read
+//     after — the other started after that, and the first one's work
+//     stopped soon after.
 //
 // "Soon" is a heartbeat, the loss timeout and a margin for scheduling.
+// Nothing else explains an overlap: a server restart, crash-reset or
+// failover frees every lock, and the locker must not grant again before
+// every holder from before has stopped.
 func explain(a, b run, faults []fault) string {
 	notice := heartbeat + lossTimeout + 300*time.Millisecond
+	terminated := func(node string, from, to time.Time) bool {
+		for _, f := range faults {
+			if f.Kind == Terminate && f.Node == node && !f.At.Before(from) && f.At.Before(to) {
+				return true
+			}
+		}
+		return false
+	}
 	for _, f := range faults {
 		switch f.Kind {
 		case Freeze:
-			if f.Node == a.node && !b.start.Before(f.At) && b.start.Before(f.Till) && a.end.Before(f.Till.Add(notice)) {
-				return "paused process"
+			if f.Node == a.node && !b.start.Before(f.At) && b.start.Before(f.Till) && a.end.Before(f.Till.Add(notice)) &&
+				(!b.start.Before(f.At.Add(grace)) || terminated(a.node, f.At, b.start)) {
+				return WindowFreeze
 			}
 		case Terminate:
 			for _, p := range [][2]run{{a, b}, {b, a}} {
 				freed, other := p[0], p[1]
 				if f.Node == freed.node && !other.start.Before(f.At) && freed.end.Before(f.Till.Add(notice)) {
-					return "pg_terminate_backend"
-				}
-			}
-		case Restart:
-			for _, p := range [][2]run{{a, b}, {b, a}} {
-				freed, other := p[0], p[1]
-				if !other.start.Before(f.At) && freed.end.Before(f.Till.Add(notice)) {
-					return "server crash"
+					return WindowTerminate
 				}
 			}
 		}
@@ -278,7 +296,7 @@ func readRecord(path, node string) (runs []run, lines, bad int, err error) {
 func (r *Report) String() string {
 	var b strings.Builder
 	total, onLeader := 0, 0
-	kinds := []string{Kill, Term, Freeze, Partition, Terminate, Restart}
+	kinds := append([]string{Kill, Term, Freeze, Partition, Terminate}, serverKinds...)
 	for _, k := range kinds {
 		total += r.Faults[k]
 		onLeader += r.LeaderFaults[k]
@@ -286,7 +304,7 @@ func (r *Report) String() string {
 	fmt.Fprintf(&b, "faults injected: %d (%d on the holder)\n", total, onLeader)
 	for _, k := range kinds {
 		ls := r.Latency[k]
-		fmt.Fprintf(&b, "  %-10s %4d (%3d on the holder)  takeover %s\n", k, r.Faults[k], r.LeaderFaults[k], quantiles(ls))
+		fmt.Fprintf(&b, "  %-17s %4d (%3d on the holder)  takeover %s\n", k, r.Faults[k], r.LeaderFaults[k], quantiles(ls))
 	}
 	fmt.Fprintf(&b, "runs of the work (takeovers): %d; record lines: %d, unreadable: %d\n", r.Takeovers, r.Records, r.BadLines)
 	fmt.Fprintf(&b, "overlaps in documented windows: %v (worst %v)\n", r.Windows, r.WorstWindow.Round(time.Millisecond))
@@ -294,7 +312,7 @@ func (r *Report) String() string {
 	for _, o := range r.Overlaps {
 		fmt.Fprintf(&b, "  %s\n", o)
 	}
-	fmt.Fprintf(&b, "longest leaderless interval: %v; beyond the bound (%v): %d\n", r.LongestGap.Round(time.Millisecond), gapBound, len(r.LongGaps))
+	fmt.Fprintf(&b, "longest leaderless interval: %v (must be ≤ %v); beyond %v: %d\n", r.LongestGap.Round(time.Millisecond), leadAgain, gapBound, len(r.LongGaps))
 	for _, g := range r.LongGaps {
 		fmt.Fprintf(&b, "  %s\n", g)
 	}
@@ -305,7 +323,8 @@ func (r *Report) String() string {
 
 // OK reports whether the run found nothing the invariant rules out.
 func (r *Report) OK() bool {
-	return len(r.Overlaps) == 0 && r.Leaked == 0 && r.BadLines == 0 && r.UnexplainedInversions == 0
+	return len(r.Overlaps) == 0 && r.Leaked == 0 && r.BadLines == 0 && r.UnexplainedInversions == 0 &&
+		r.LongestGap <= leadAgain
 }
 
 func quantiles(ds []time.Duration) string {

@@ -23,9 +23,10 @@ func main() {
 	nodes := flag.Int("nodes", 5, "how many nodes")
 	duration := flag.Duration("duration", 10*time.Minute, "how long to inject faults")
 	every := flag.Duration("every", 300*time.Millisecond, "mean time between two faults")
+	serverEvery := flag.Duration("server-every", 20*time.Second, "time between two server faults (restart immediate/fast, crash-reset, failover, in turn)")
 	seed := flag.Uint64("seed", 0, "random seed (0: from the clock)")
 	flag.Parse()
-	rep, err := chaos.Run(chaos.Config{Nodes: *nodes, Duration: *duration, Every: *every, Seed: *seed, Log: os.Stderr})
+	rep, err := chaos.Run(chaos.Config{Nodes: *nodes, Duration: *duration, Every: *every, ServerEvery: *serverEvery, Seed: *seed, Log: os.Stderr})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		os.Exit(2)
