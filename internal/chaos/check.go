@@ -29,8 +29,10 @@ type Report struct {
 	Latency               map[string][]time.Duration // fault on the holder → next run started elsewhere, per kind
 	Overlaps              []string                   // unexplained: the invariant is broken
 	Windows               map[string]int             // overlaps explained by a documented window, per cause
-	WorstWindow           time.Duration
-	LongGaps              []string // leaderless intervals beyond the bound
+	WorstWindow           map[string]time.Duration   // the longest of them, per cause
+	LateStarts            int                        // terminate windows where the terminated node started second
+	WorstLateStart        time.Duration              // (its grant was read after the terminate)
+	LongGaps              []string                   // leaderless intervals beyond the bound
 	LongestGap            time.Duration
 	TokenInversions       int // runs whose token is not above the previous run's
 	UnexplainedInversions int // of which overlapped outside a documented window
@@ -51,7 +53,7 @@ const leadAgain = 40 * time.Second
 
 func check(c *controller, leaked int) (*Report, error) {
 	r := &Report{Faults: map[string]int{}, LeaderFaults: map[string]int{}, Latency: map[string][]time.Duration{},
-		Windows: map[string]int{}, Leaked: leaked}
+		Windows: map[string]int{}, WorstWindow: map[string]time.Duration{}, Leaked: leaked}
 	var runs []run
 	for _, n := range c.nodes {
 		rs, lines, bad, err := readRecord(filepath.Join(c.dir, n.id+".rec"), n.id)
@@ -85,15 +87,17 @@ func check(c *controller, leaked int) (*Report, error) {
 				continue
 			}
 			d := minTime(a.end, b.end).Sub(b.start)
-			cause := explain(a, b, faults)
+			cause, late := explain(a, b, faults)
 			if cause == "" {
 				r.Overlaps = append(r.Overlaps, fmt.Sprintf("%s (run from %s to %s, lost: %q) still ran %v after %s started at %s\n%s",
 					a.node, stamp(a.start), stamp(a.end), a.lost, d, b.node, stamp(b.start), around(faults, a.start.Add(-5*time.Second), a.end)))
 				continue
 			}
 			r.Windows[cause]++
-			if d > r.WorstWindow {
-				r.WorstWindow = d
+			r.WorstWindow[cause] = max(r.WorstWindow[cause], d)
+			if late {
+				r.LateStarts++
+				r.WorstLateStart = max(r.WorstLateStart, d)
 			}
 		}
 	}
@@ -125,7 +129,7 @@ func check(c *controller, leaked int) (*Report, error) {
 			continue
 		}
 		r.TokenInversions++
-		if x.start.Before(p.end) && explain(p, x, faults) == "" {
+		if cause, _ := explain(p, x, faults); x.start.Before(p.end) && cause == "" {
 			r.UnexplainedInversions++
 		}
 	}
@@ -178,8 +182,9 @@ const (
 // "Soon" is a heartbeat, the loss timeout and a margin for scheduling.
 // Nothing else explains an overlap: a server restart, crash-reset or
 // failover frees every lock, and the locker must not grant again before
-// every holder from before has stopped.
-func explain(a, b run, faults []fault) string {
+// every holder from before has stopped. late reports a terminate window
+// whose terminated node started second.
+func explain(a, b run, faults []fault) (cause string, late bool) {
 	notice := heartbeat + lossTimeout + 300*time.Millisecond
 	terminated := func(node string, from, to time.Time) bool {
 		for _, f := range faults {
@@ -194,18 +199,18 @@ func explain(a, b run, faults []fault) string {
 		case Freeze:
 			if f.Node == a.node && !b.start.Before(f.At) && b.start.Before(f.Till) && a.end.Before(f.Till.Add(notice)) &&
 				(!b.start.Before(f.At.Add(grace)) || terminated(a.node, f.At, b.start)) {
-				return WindowFreeze
+				return WindowFreeze, false
 			}
 		case Terminate:
-			for _, p := range [][2]run{{a, b}, {b, a}} {
+			for i, p := range [][2]run{{a, b}, {b, a}} {
 				freed, other := p[0], p[1]
 				if f.Node == freed.node && !other.start.Before(f.At) && freed.end.Before(f.Till.Add(notice)) {
-					return WindowTerminate
+					return WindowTerminate, i == 1
 				}
 			}
 		}
 	}
-	return ""
+	return "", false
 }
 
 func stamp(t time.Time) string { return t.Format("15:04:05.000") }
@@ -307,7 +312,10 @@ func (r *Report) String() string {
 		fmt.Fprintf(&b, "  %-17s %4d (%3d on the holder)  takeover %s\n", k, r.Faults[k], r.LeaderFaults[k], quantiles(ls))
 	}
 	fmt.Fprintf(&b, "runs of the work (takeovers): %d; record lines: %d, unreadable: %d\n", r.Takeovers, r.Records, r.BadLines)
-	fmt.Fprintf(&b, "overlaps in documented windows: %v (worst %v)\n", r.Windows, r.WorstWindow.Round(time.Millisecond))
+	fmt.Fprintf(&b, "overlaps in documented windows: freeze %d (worst %v), terminate %d (worst %v; the terminated node started second: %d, worst %v)\n",
+		r.Windows[WindowFreeze], r.WorstWindow[WindowFreeze].Round(time.Millisecond),
+		r.Windows[WindowTerminate], r.WorstWindow[WindowTerminate].Round(time.Millisecond),
+		r.LateStarts, r.WorstLateStart.Round(time.Millisecond))
 	fmt.Fprintf(&b, "overlaps outside them: %d\n", len(r.Overlaps))
 	for _, o := range r.Overlaps {
 		fmt.Fprintf(&b, "  %s\n", o)

@@ -1,0 +1,60 @@
+package chaos
+
+import (
+	"testing"
+	"time"
+)
+
+// TestExplain pins the shapes of the two windows, and that nothing else —
+// a server fault above all — explains an overlap.
+func TestExplain(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	r := func(node string, from, to int) run { return run{node: node, start: at(from), end: at(to)} }
+	for _, tc := range []struct {
+		name   string
+		a, b   run
+		faults []fault
+		cause  string
+		late   bool
+	}{
+		{"restart: never a window",
+			r("n1", 0, 1400), r("n2", 1300, 3000),
+			[]fault{{Kind: RestartImmediate, At: at(1000), Till: at(1200)}}, "", false},
+		{"failover: never a window",
+			r("n1", 0, 1400), r("n2", 1300, 3000),
+			[]fault{{Kind: Failover, At: at(1000), Till: at(1200)}}, "", false},
+		{"crash-reset during a partition: never a window",
+			r("n1", 0, 1400), r("n2", 1300, 3000),
+			[]fault{{Kind: Partition, Node: "n1", At: at(900), Till: at(2000)}, {Kind: CrashReset, At: at(1000), Till: at(1100)}}, "", false},
+		{"freeze: the new run started well into the freeze",
+			r("n1", 0, 3100), r("n2", 2500, 5000),
+			[]fault{{Kind: Freeze, Node: "n1", At: at(500), Till: at(3000)}}, WindowFreeze, false},
+		{"freeze: the new run started too soon for the server to have freed the frozen session",
+			r("n1", 0, 3100), r("n2", 600, 5000),
+			[]fault{{Kind: Freeze, Node: "n1", At: at(500), Till: at(3000)}}, "", false},
+		{"freeze, then a terminate of the frozen node: the new run may start at once",
+			r("n1", 0, 3100), r("n2", 620, 5000),
+			[]fault{{Kind: Freeze, Node: "n1", At: at(500), Till: at(3000)}, {Kind: Terminate, Node: "n1", At: at(600), Till: at(601)}}, WindowFreeze, false},
+		{"freeze: the old run went on long after the resume",
+			r("n1", 0, 5000), r("n2", 2500, 6000),
+			[]fault{{Kind: Freeze, Node: "n1", At: at(500), Till: at(3000)}}, "", false},
+		{"terminate of the first holder",
+			r("n1", 0, 1150), r("n2", 1005, 3000),
+			[]fault{{Kind: Terminate, Node: "n1", At: at(1000), Till: at(1001)}}, WindowTerminate, false},
+		{"terminate of a holder that read its grant late and started second",
+			r("n2", 1005, 3000), r("n1", 1010, 1250),
+			[]fault{{Kind: Terminate, Node: "n1", At: at(1000), Till: at(1001)}}, WindowTerminate, true},
+		{"terminate: the old run went on after its notice",
+			r("n1", 0, 2500), r("n2", 1005, 3000),
+			[]fault{{Kind: Terminate, Node: "n1", At: at(1000), Till: at(1001)}}, "", false},
+		{"terminate of another node explains nothing",
+			r("n1", 0, 1150), r("n2", 1005, 3000),
+			[]fault{{Kind: Terminate, Node: "n3", At: at(1000), Till: at(1001)}}, "", false},
+	} {
+		cause, late := explain(tc.a, tc.b, tc.faults)
+		if cause != tc.cause || late != tc.late {
+			t.Errorf("%s: explain = %q, late %v; want %q, late %v", tc.name, cause, late, tc.cause, tc.late)
+		}
+	}
+}
