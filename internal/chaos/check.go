@@ -166,18 +166,20 @@ const (
 	WindowTerminate = "terminate" // an operator's pg_terminate_backend: the session freed at once
 )
 
-// explain names the documented window that lets a's work overlap b's, or
-// returns "". Each window has a precise shape:
+// explain names the documented window that lets a's work overlap b's (a
+// started first), or returns "". Each window has a precise shape:
 //
-//   - freeze: b started while a was frozen, no sooner than Grace after the
-//     freeze began (the server frees a silent session only after
-//     SessionTimeout, and a restarted one grants only after its quarantine)
-//     unless a's session was terminated in between; and a's work stopped
-//     soon after a resumed;
+//   - freeze: one of them was frozen and the other started during the
+//     freeze — no sooner than Grace into it (the server frees a silent
+//     session only after SessionTimeout, and a restarted one grants only
+//     after its quarantine) unless the frozen node's session was
+//     terminated — and the frozen one's work stopped soon after it
+//     resumed. The frozen one may have started first, or started second,
+//     on resume, on a grant it read before the freeze;
 //   - terminate: an operator freed the lock of one of them at once — of the
 //     one that ran first, or of one whose grant was made before and read
 //     after — the other started after that, and the first one's work
-//     stopped soon after.
+//     stopped soon after, not counting the time its process was frozen.
 //
 // "Soon" is a heartbeat, the loss timeout and a margin for scheduling.
 // Nothing else explains an overlap: a server restart, crash-reset or
@@ -194,17 +196,33 @@ func explain(a, b run, faults []fault) (cause string, late bool) {
 		}
 		return false
 	}
+	frozenFor := func(node string, from, to time.Time) (d time.Duration) {
+		for _, f := range faults {
+			if f.Kind == Freeze && f.Node == node && f.Till.After(from) && f.At.Before(to) {
+				d += minTime(f.Till, to).Sub(maxTime(f.At, from))
+			}
+		}
+		return d
+	}
+	pairs := [][2]run{{a, b}, {b, a}}
 	for _, f := range faults {
 		switch f.Kind {
 		case Freeze:
-			if f.Node == a.node && !b.start.Before(f.At) && b.start.Before(f.Till) && a.end.Before(f.Till.Add(notice)) &&
-				(!b.start.Before(f.At.Add(grace)) || terminated(a.node, f.At, b.start)) {
-				return WindowFreeze, false
+			for i, p := range pairs {
+				frozen, other := p[0], p[1]
+				if f.Node != frozen.node || other.start.Before(f.At) || !other.start.Before(f.Till) ||
+					!frozen.end.Before(f.Till.Add(notice)) || i == 1 && frozen.start.Before(f.Till) {
+					continue
+				}
+				if !other.start.Before(f.At.Add(grace)) || terminated(frozen.node, f.At.Add(-notice), other.start) {
+					return WindowFreeze, false
+				}
 			}
 		case Terminate:
-			for i, p := range [][2]run{{a, b}, {b, a}} {
+			for i, p := range pairs {
 				freed, other := p[0], p[1]
-				if f.Node == freed.node && !other.start.Before(f.At) && freed.end.Before(f.Till.Add(notice)) {
+				if f.Node == freed.node && !other.start.Before(f.At) &&
+					freed.end.Before(f.Till.Add(notice+frozenFor(freed.node, f.At, freed.end))) {
 					return WindowTerminate, i == 1
 				}
 			}
@@ -229,6 +247,13 @@ func around(faults []fault, from, to time.Time) string {
 		fmt.Fprintf(&b, "      %s %-9s %-7s until %s (holder: %v)\n", stamp(f.At), f.Kind, node, stamp(f.Till), f.Leader)
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func minTime(a, b time.Time) time.Time {
