@@ -265,13 +265,15 @@ func (c *controller) inject() {
 			kind := serverKinds[nextServer%len(serverKinds)]
 			nextServer++
 			f := fault{Kind: kind, At: time.Now()}
-			if err := c.serverFault(kind); err != nil {
+			err := c.serverFault(kind)
+			f.Till = time.Now()
+			fmt.Fprintf(c.cfg.Log, "chaos: %s %s, %v until the primary took queries again\n", stamp(f.At), kind, f.Till.Sub(f.At).Round(time.Millisecond))
+			if err != nil {
 				fmt.Fprintf(c.cfg.Log, "chaos: %s: %v\n", kind, err)
 				if kind == Failover {
 					continue // no standby ready: nothing was done
 				}
 			}
-			f.Till = time.Now()
 			c.record(f)
 			lastServer = f.Till
 			continue
