@@ -13,7 +13,8 @@
 // standby made by pg_basebackup promoted, behind the same address).
 // Server faults free every lock at once, so an overlap around one is a
 // failure, not a window. The nodes connect as an ordinary role, as on a
-// managed service. Everything runs on loopback and stops by itself.
+// managed service, with pgx and lib/pq in turn. Everything runs on
+// loopback and stops by itself.
 package chaos
 
 import (
@@ -44,6 +45,7 @@ type Config struct {
 	// ServerEvery is the time between two server faults, which take turns:
 	// immediate restart, fast restart, crash-reset, failover. Default 20s.
 	ServerEvery time.Duration
+	Drivers     []string  // database/sql drivers the nodes take in turn; default pgx, then lib/pq ("postgres")
 	Seed        uint64    // of the random choices; 0: from the clock
 	Self        string    // the binary to run as a node (NodeEnv set); default os.Executable()
 	Log         io.Writer // progress; default none
@@ -80,6 +82,7 @@ type fault struct {
 
 type node struct {
 	id     string
+	driver string
 	proxy  *faultproxy.Proxy
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -99,6 +102,9 @@ func Run(cfg Config) (*Report, error) {
 	}
 	if cfg.ServerEvery <= 0 {
 		cfg.ServerEvery = 20 * time.Second
+	}
+	if len(cfg.Drivers) == 0 {
+		cfg.Drivers = []string{"pgx", "postgres"}
 	}
 	if cfg.Seed == 0 {
 		cfg.Seed = uint64(time.Now().UnixNano())
@@ -150,14 +156,14 @@ func Run(cfg Config) (*Report, error) {
 			return nil, err
 		}
 		defer px.Close()
-		n := &node{id: fmt.Sprintf("node-%d", i), proxy: px}
+		n := &node{id: fmt.Sprintf("node-%d", i), driver: cfg.Drivers[i%len(cfg.Drivers)], proxy: px}
 		c.nodes = append(c.nodes, n)
 		if err := c.start(n); err != nil {
 			return nil, err
 		}
 	}
-	fmt.Fprintf(cfg.Log, "chaos: %d nodes, %v of faults every ~%v (on the server every %v), seed %d\n",
-		cfg.Nodes, cfg.Duration, cfg.Every, cfg.ServerEvery, cfg.Seed)
+	fmt.Fprintf(cfg.Log, "chaos: %d nodes (drivers %v in turn), %v of faults every ~%v (on the server every %v), seed %d\n",
+		cfg.Nodes, cfg.Drivers, cfg.Duration, cfg.Every, cfg.ServerEvery, cfg.Seed)
 	c.inject()
 	// Let every fault end and every node settle, then stop them all.
 	c.wg.Wait()
@@ -206,7 +212,7 @@ func (c *controller) start(n *node) error {
 	url := c.srv.URLVia(n.proxy.Addr())
 	c.srvMu.Unlock()
 	url = strings.Replace(url, "postgres://postgres@", "postgres://"+nodeRole+"@", 1)
-	cmd.Env = append(os.Environ(), NodeEnv+"="+n.id, "CHAOS_URL="+url, "CHAOS_LOCK="+c.lock,
+	cmd.Env = append(os.Environ(), NodeEnv+"="+n.id, "CHAOS_DRIVER="+n.driver, "CHAOS_URL="+url, "CHAOS_LOCK="+c.lock,
 		"CHAOS_RECORD="+filepath.Join(c.dir, n.id+".rec"), "GORACE=atexit_sleep_ms=0")
 	cmd.Stderr = io.Discard
 	if err := cmd.Start(); err != nil {

@@ -13,7 +13,7 @@ import (
 
 func TestMain(m *testing.M) {
 	if id := os.Getenv(chaos.NodeEnv); id != "" {
-		os.Exit(chaos.Node(id, os.Getenv("CHAOS_URL"), os.Getenv("CHAOS_LOCK"), os.Getenv("CHAOS_RECORD")))
+		os.Exit(chaos.Node(id, os.Getenv("CHAOS_DRIVER"), os.Getenv("CHAOS_URL"), os.Getenv("CHAOS_LOCK"), os.Getenv("CHAOS_RECORD")))
 	}
 	goleak.VerifyTestMain(pglocal.Main(m))
 }

@@ -18,7 +18,7 @@ import (
 
 func main() {
 	if id := os.Getenv(chaos.NodeEnv); id != "" {
-		os.Exit(chaos.Node(id, os.Getenv("CHAOS_URL"), os.Getenv("CHAOS_LOCK"), os.Getenv("CHAOS_RECORD")))
+		os.Exit(chaos.Node(id, os.Getenv("CHAOS_DRIVER"), os.Getenv("CHAOS_URL"), os.Getenv("CHAOS_LOCK"), os.Getenv("CHAOS_RECORD")))
 	}
 	nodes := flag.Int("nodes", 5, "how many nodes")
 	duration := flag.Duration("duration", 10*time.Minute, "how long to inject faults")
