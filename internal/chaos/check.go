@@ -170,12 +170,12 @@ const (
 // started first), or returns "". Each window has a precise shape:
 //
 //   - freeze: one of them was frozen and the other started during the
-//     freeze — no sooner than Grace into it (the server frees a silent
-//     session only after SessionTimeout, and a restarted one grants only
-//     after its quarantine) unless the frozen node's session was
-//     terminated — and the frozen one's work stopped soon after it
-//     resumed. The frozen one may have started first, or started second,
-//     on resume, on a grant it read before the freeze;
+//     freeze — no sooner than LossTimeout + Grace - a heartbeat into it
+//     (the server frees a silent session only after SessionTimeout, and a
+//     restarted one grants only after its quarantine) unless the frozen
+//     node's session was terminated — and the frozen one's work stopped
+//     soon after it resumed. The frozen one may have started first, or
+//     started second, on resume, on a grant it read before the freeze;
 //   - terminate: an operator freed the lock of one of them at once — of the
 //     one that ran first, or of one whose grant was made before and read
 //     after — the other started after that, and the first one's work
@@ -188,6 +188,12 @@ const (
 // whose terminated node started second.
 func explain(a, b run, faults []fault) (cause string, late bool) {
 	notice := heartbeat + lossTimeout + 300*time.Millisecond
+	// The soonest the server may let another node in after a holder froze:
+	// it frees a silent session after SessionTimeout, and after a server
+	// fault grants only once it has been up for LossTimeout + Grace (the
+	// holder may have frozen up to a heartbeat after the fault, before it
+	// could notice).
+	freedAfter := lossTimeout + grace - heartbeat
 	terminated := func(node string, from, to time.Time) bool {
 		for _, f := range faults {
 			if f.Kind == Terminate && f.Node == node && !f.At.Before(from) && f.At.Before(to) {
@@ -214,7 +220,7 @@ func explain(a, b run, faults []fault) (cause string, late bool) {
 					!frozen.end.Before(f.Till.Add(notice)) || i == 1 && frozen.start.Before(f.Till) {
 					continue
 				}
-				if !other.start.Before(f.At.Add(grace)) || terminated(frozen.node, f.At.Add(-notice), other.start) {
+				if !other.start.Before(f.At.Add(freedAfter)) || terminated(frozen.node, f.At.Add(-notice), other.start) {
 					return WindowFreeze, false
 				}
 			}

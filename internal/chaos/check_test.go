@@ -31,7 +31,7 @@ func TestExplain(t *testing.T) {
 			r("n1", 0, 3100), r("n2", 2500, 5000),
 			[]fault{{Kind: Freeze, Node: "n1", At: at(500), Till: at(3000)}}, WindowFreeze, false},
 		{"freeze: the new run started too soon for the server to have freed the frozen session",
-			r("n1", 0, 3100), r("n2", 600, 5000),
+			r("n1", 0, 3100), r("n2", 1400, 5000),
 			[]fault{{Kind: Freeze, Node: "n1", At: at(500), Till: at(3000)}}, "", false},
 		{"freeze, then a terminate of the frozen node: the new run may start at once",
 			r("n1", 0, 3100), r("n2", 620, 5000),
