@@ -12,38 +12,43 @@ import (
 )
 
 // A hold is one acquisition: a pinned connection holding the lock, and the
-// heartbeat goroutine that owns the connection until Release.
+// heartbeat goroutine that owns the connection until the hold ends.
 type hold struct {
-	l     *Locker
-	conn  *sql.Conn
-	pid   int
-	token uint64
+	l       *Locker
+	conn    *sql.Conn
+	backend backend // pid and start of the session
+	pid     int
+	token   uint64
 
-	lost chan struct{} // closed by end, once
-	stop chan struct{} // closed by release: the heartbeat must clean up
-	done chan struct{} // closed when the heartbeat goroutine has ended
+	lost  chan struct{} // closed by end, once
+	stop  chan struct{} // closed by release: the heartbeat must clean up
+	done  chan struct{} // closed when the heartbeat goroutine has ended
+	beats chan struct{} // a heartbeat succeeded (buffered, 1)
 
-	releaseCtx context.Context // set before stop is closed
-	stopOnce   sync.Once
+	stopOnce sync.Once
 
-	mu       sync.Mutex // guards deadline, err and timer
-	deadline time.Time  // last good statement's send time + LossTimeout
+	mu       sync.Mutex // guards deadline, sent, err and timer
+	deadline time.Time  // last good heartbeat's send time + LossTimeout
+	sent     time.Time  // send time of the last good heartbeat (or the grant)
 	err      error      // why the hold ended; nil while it lasts
 	timer    *time.Timer
 }
 
-// newHold starts a hold on conn, whose statement sent at verified showed
-// the lock held.
-func newHold(l *Locker, conn *sql.Conn, pid int, token uint64, verified time.Time) *hold {
+// newHold starts a hold on conn, whose lock was granted no later than
+// granted.
+func newHold(l *Locker, conn *sql.Conn, b backend, token uint64, granted time.Time) *hold {
 	h := &hold{
 		l:        l,
 		conn:     conn,
-		pid:      pid,
+		backend:  b,
+		pid:      b.pid,
 		token:    token,
 		lost:     make(chan struct{}),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
-		deadline: verified.Add(l.cfg.loss),
+		beats:    make(chan struct{}, 1),
+		deadline: granted.Add(l.cfg.loss),
+		sent:     granted,
 	}
 	// The loss timer does not wait for a heartbeat call to return: a
 	// driver may ignore deadlines on a silent network. It is set under
@@ -68,15 +73,39 @@ func (h *hold) expire() {
 }
 
 // extend moves the deadline after a heartbeat sent at sent succeeded. A
-// heartbeat that comes back after the deadline does not revive the hold.
+// heartbeat that comes back after the deadline does not revive the hold,
+// and the deadline never moves backwards.
 func (h *hold) extend(sent time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.err != nil || time.Now().After(h.deadline) {
+	if h.err != nil || time.Now().After(h.deadline) || !sent.After(h.sent) {
 		return
 	}
+	h.sent = sent
 	h.deadline = sent.Add(h.l.cfg.loss)
 	h.timer.Reset(time.Until(h.deadline))
+	select {
+	case h.beats <- struct{}{}:
+	default:
+	}
+}
+
+// vouchedUntil returns the loss deadline while the hold lasts, and the
+// zero time once it has ended.
+func (h *hold) vouchedUntil() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.err != nil {
+		return time.Time{}
+	}
+	return h.deadline
+}
+
+// lastSent returns the send time of the last good heartbeat.
+func (h *hold) lastSent() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sent
 }
 
 // end ends the hold with err (a *LostError, or locker.ErrNotHeld for a
@@ -112,40 +141,66 @@ func (h *hold) isLost() bool {
 	}
 }
 
-// heartbeat checks the session every HeartbeatInterval until the hold ends,
-// then waits for release to clean up. It owns h.conn.
+// heartbeatSQL is the heartbeat: it waits on the server for $1 seconds and
+// returns the backend pid. Keeping a statement in flight means that a
+// session that ends — an operator's pg_terminate_backend, a restart, a
+// crash-reset — is seen the moment its socket closes, not at the next
+// heartbeat. Like any statement it holds a snapshot while it runs: no
+// longer than the heartbeat interval, as a short query each second would.
+const heartbeatSQL = `SELECT pg_catalog.pg_backend_pid() FROM pg_catalog.pg_sleep($1)`
+
+// heartbeat runs heartbeats back to back until the hold ends. A lost hold
+// destroys its connection at once, so that the pool gets its slot back
+// without waiting for Release; a released one unlocks first. It owns
+// h.conn.
 func (h *hold) heartbeat() {
 	defer close(h.done)
-	defer h.cleanup()
-	tick := time.NewTicker(h.l.cfg.heartbeat)
-	defer tick.Stop()
 	for {
 		select {
-		case <-h.stop:
-			return
 		case <-h.lost:
-			// No more statements: the server's idle_session_timeout
-			// now runs, and frees the lock if Release never comes.
-			<-h.stop
+			// Released, or lost by the timer while no statement was in
+			// flight.
+			h.finish()
 			return
-		case <-tick.C:
+		default:
 		}
-		if err := h.beat(); err != nil {
-			h.end(&LostError{Lock: h.l.label, PID: h.pid, Cause: err})
+		err := h.beat()
+		if err == nil {
+			continue
 		}
+		// Release may have interrupted the heartbeat (pg_cancel_backend):
+		// then it has ended the hold already, and this end does nothing.
+		h.end(&LostError{Lock: h.l.label, PID: h.pid, Cause: err})
+		h.finish()
+		return
 	}
 }
 
-// beat runs one heartbeat: a cheap statement that returns the backend pid.
+// finish cleans up after the hold ended: a released hold unlocks, a lost
+// one destroys its connection at once.
+func (h *hold) finish() {
+	if errors.Is(h.endErr(), locker.ErrNotHeld) {
+		<-h.stop // closed right after the hold ended by release
+		h.cleanup()
+		return
+	}
+	destroy(h.conn)
+}
+
+// beat runs one heartbeat. Its deadline is the loss deadline, and never
+// later than LossTimeout from now.
 func (h *hold) beat() error {
 	sent := time.Now()
 	h.mu.Lock()
 	deadline := h.deadline
 	h.mu.Unlock()
+	if cap := sent.Add(h.l.cfg.loss); deadline.After(cap) {
+		deadline = cap
+	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	var pid int
-	if err := h.conn.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+	if err := h.conn.QueryRowContext(ctx, heartbeatSQL, h.l.cfg.heartbeat.Seconds()).Scan(&pid); err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	if pid != h.pid {
@@ -155,27 +210,69 @@ func (h *hold) beat() error {
 	return nil
 }
 
-// cleanup destroys the connection. A hold ended by Release, not lost,
-// unlocks first: that makes the hand-over synchronous (when Release
-// returns, a waiter can already have the lock). A lost session may not
-// answer at all, so it is destroyed at once.
+// unlockTries is how often cleanup tries to unlock: a cancel meant for the
+// heartbeat can land on the unlock instead.
+const unlockTries = 3
+
+// cleanup unlocks and destroys the connection of a released hold. The
+// unlock makes the hand-over synchronous: when Release returns, a waiter
+// can already have the lock. It does not depend on Release's context: a
+// Release with a done context on a reachable server still unlocks.
 func (h *hold) cleanup() {
-	if errors.Is(h.endErr(), locker.ErrNotHeld) {
-		ctx, cancel := context.WithTimeout(h.releaseCtx, unlockTimeout)
-		_, _ = h.conn.ExecContext(ctx, "SELECT pg_advisory_unlock($1)", h.l.key)
-		cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
+	defer cancel()
+	for i := 0; i < unlockTries; i++ {
+		_, err := h.conn.ExecContext(ctx, "SELECT pg_catalog.pg_advisory_unlock($1)", h.l.key)
+		if err == nil || sqlState(err) != "57014" { // query_canceled
+			break
+		}
 	}
 	destroy(h.conn)
 }
 
+// cancelEvery is how long release waits for the heartbeat to return
+// before it sends pg_cancel_backend again: a cancel that reaches the
+// backend between two heartbeats does nothing.
+const cancelEvery = 50 * time.Millisecond
+
 // release ends the hold (closing Lost before anything else), stops the
-// heartbeat and waits for it to unlock and destroy the connection.
+// heartbeat, interrupting its statement with pg_cancel_backend through the
+// pool, and waits for it to unlock and destroy the connection: at most
+// unlockTimeout, or longer while ctx lasts.
 func (h *hold) release(ctx context.Context) error {
+	wasHeld := false
 	h.stopOnce.Do(func() {
+		wasHeld = h.endErr() == nil
 		h.end(locker.ErrNotHeld)
-		h.releaseCtx = ctx
 		close(h.stop)
 	})
+	if wasHeld && !h.l.lastConn() {
+		for i := 0; i < 3; i++ {
+			select {
+			case <-h.done:
+				return nil
+			default:
+			}
+			if err := h.l.signal(h.backend, "pg_cancel_backend"); err != nil {
+				h.l.cfg.logger.Warn("could not interrupt the heartbeat; the hand-over waits for it to end", "lock", h.l.label, "pid", h.pid, "err", err)
+				break
+			}
+			t := time.NewTimer(cancelEvery)
+			select {
+			case <-h.done:
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
+	}
+	own := time.NewTimer(unlockTimeout)
+	defer own.Stop()
+	select {
+	case <-h.done:
+		return nil
+	case <-own.C:
+	}
 	select {
 	case <-h.done:
 		return nil

@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/onlyone-go/onlyone/locker"
 )
@@ -16,6 +18,7 @@ var (
 	_ locker.Errer    = (*Locker)(nil)
 	_ locker.Graceful = (*Locker)(nil)
 	_ locker.Fencer   = (*Locker)(nil)
+	_ locker.Voucher  = (*Locker)(nil)
 )
 
 // closed is the Lost channel of a Locker that never held the lock.
@@ -27,8 +30,7 @@ var closed = func() chan struct{} {
 
 // A Locker is one contender for a PostgreSQL session advisory lock. It
 // implements locker.Locker, locker.Errer, locker.Graceful and
-// locker.Fencer. Make one with
-// New or NewKey.
+// locker.Fencer and locker.Voucher. Make one with New or NewKey.
 type Locker struct {
 	db    *sql.DB
 	key   int64
@@ -40,6 +42,8 @@ type Locker struct {
 
 	mu  sync.Mutex // guards cur
 	cur *hold      // the last hold, released or not; nil before the first
+
+	warnUpOnce sync.Once // the role cannot read when the server started
 }
 
 // New returns a Locker for the lock called name in the database that db
@@ -48,13 +52,29 @@ type Locker struct {
 // database contends for the same lock. The name's key is Key(name).
 //
 // New does not connect: Acquire does. It returns an error matching
-// locker.ErrConfig for a nil db, an empty name or settings that cannot
-// work.
+// locker.ErrConfig for a nil db, a name that is empty, all white space or
+// holds control characters (a mistake, most likely), or settings that
+// cannot work.
 func New(db *sql.DB, name string, opts ...Option) (*Locker, error) {
-	if name == "" {
-		return nil, configError("empty lock name")
+	if err := checkName(name); err != nil {
+		return nil, err
 	}
 	return newLocker(db, Key(name), fmt.Sprintf("%q", name), opts)
+}
+
+// checkName refuses names that are most likely mistakes: empty, all white
+// space, or with control characters. (Names are hashed: this is not about
+// safety.)
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return configError("empty lock name")
+	case strings.TrimSpace(name) == "":
+		return configError("lock name %q is all white space", name)
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return configError("lock name %q holds control characters", name)
+	}
+	return nil
 }
 
 // NewKey is New for a lock identified by a raw advisory-lock key, for
@@ -133,6 +153,13 @@ func (l *Locker) Err() error {
 // returned to the pool, so no lock is left behind. It returns an error
 // matching locker.ErrStandby on a standby server.
 //
+// A grant counts only once the server has been a writable primary for
+// SessionTimeout: a restart, crash-reset or promotion frees every lock at
+// once, and a holder from before it may need LossTimeout to notice and
+// Grace to stop. Until then Acquire keeps the lock and its heartbeat, and
+// returns once a heartbeat sent after that moment succeeded (see the
+// package doc for what the server shows an unprivileged role).
+//
 // Acquire after a hold was lost, without Release, first releases that hold.
 func (l *Locker) Acquire(ctx context.Context) error {
 	l.op.Lock()
@@ -149,29 +176,79 @@ func (l *Locker) Acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return l.errorf("acquire: %w", err)
 	}
-	h, err := l.acquire(ctx)
+	h, ready, err := l.acquire(ctx)
 	if err != nil {
+		return err
+	}
+	go h.heartbeat()
+	if err := l.quarantine(ctx, h, ready); err != nil {
+		_ = h.release(context.Background())
 		return err
 	}
 	l.hold = h
 	l.mu.Lock()
 	l.cur = h
 	l.mu.Unlock()
-	go h.heartbeat()
 	l.cfg.logger.Info("lock acquired", "lock", l.label, "key", l.key, "pid", h.pid)
 	return nil
 }
 
-// Release gives the lock up: it closes Lost, stops the heartbeat, unlocks,
-// and destroys the pinned connection (never returned to the pool). When it
-// returns nil, the server has unlocked or is ending the session.
+// quarantine waits until a heartbeat of h sent at or after ready has
+// succeeded: the session, and so the server, lived on past ready. A hold
+// lost meanwhile — the server restarted again — fails the Acquire.
+func (l *Locker) quarantine(ctx context.Context, h *hold, ready time.Time) error {
+	if !time.Now().Before(ready) {
+		return nil
+	}
+	l.cfg.logger.Info("lock granted on a server that started, reset or was promoted less than SessionTimeout ago; waiting until any holder from before has stopped",
+		"lock", l.label, "key", l.key, "pid", h.pid, "wait", time.Until(ready).Round(time.Millisecond))
+	for h.lastSent().Before(ready) {
+		select {
+		case <-h.beats:
+		case <-h.lost:
+			return l.errorf("acquire: waiting out the restart quarantine: %w", h.endErr())
+		case <-ctx.Done():
+			return l.errorf("acquire: waiting out the restart quarantine: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// VouchedUntil returns the moment at which Lost closes unless a heartbeat
+// succeeds before then: the send time of the last good heartbeat plus
+// LossTimeout. It returns the zero time when l does not hold the lock.
+// While a hold lasts it never moves backwards.
+func (l *Locker) VouchedUntil() time.Time {
+	l.mu.Lock()
+	h := l.cur
+	l.mu.Unlock()
+	if h == nil {
+		return time.Time{}
+	}
+	return h.vouchedUntil()
+}
+
+// lastConn reports whether every connection the pool allows is in use, so
+// that a statement through it would wait for one.
+func (l *Locker) lastConn() bool {
+	st := l.db.Stats()
+	return st.MaxOpenConnections > 0 && st.InUse >= st.MaxOpenConnections
+}
+
+// Release gives the lock up: it closes Lost, interrupts the heartbeat in
+// flight (pg_cancel_backend through the pool, which needs a free
+// connection there; without one the heartbeat ends by itself within
+// HeartbeatInterval), unlocks, and destroys the pinned connection (never
+// returned to the pool). When it returns nil, the server has unlocked or
+// is ending the session. It unlocks even when ctx is already done — the
+// usual defer after a signal — within a timeout of its own (5s).
 //
-// If ctx ends while the connection is stuck in the driver (lib/pq on a
-// silent network ignores deadlines), Release returns an error that matches
-// ctx.Err(). Lost is closed all the same; the connection is destroyed as
-// soon as the driver gives it back, and the server frees the lock within
-// SessionTimeout of the session's last statement in any case. Calling
-// Release again waits for that clean-up.
+// If the connection is stuck in the driver past that timeout and ctx has
+// ended (lib/pq on a silent network ignores deadlines), Release returns an
+// error that matches ctx.Err(). Lost is closed all the same; the
+// connection is destroyed as soon as the driver gives it back, and the
+// server frees the lock within SessionTimeout of the session's last
+// statement in any case. Calling Release again waits for that clean-up.
 func (l *Locker) Release(ctx context.Context) error {
 	l.op.Lock()
 	defer l.op.Unlock()
