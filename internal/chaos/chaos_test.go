@@ -27,7 +27,7 @@ func TestChaos(t *testing.T) {
 		t.Skip("chaos crashes its server: it needs local PostgreSQL binaries")
 	}
 	rep, err := chaos.Run(chaos.Config{Nodes: 3, Duration: 25 * time.Second, Every: 250 * time.Millisecond,
-		ServerEvery: 5 * time.Second})
+		ServerEvery: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
