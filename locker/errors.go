@@ -23,6 +23,11 @@ var (
 
 	// ErrConfig is matched by errors that report a setting which cannot
 	// work: an empty name, a non-positive duration, timeouts that break the
-	// backend's safety bound.
+	// backend's safety bound. Acquire returns an error matching it, too,
+	// for a failure that retrying cannot cure until someone changes the
+	// configuration (for a database backend: a database or a role that
+	// does not exist); a supervisor stops retrying then. Failures that
+	// time may cure (a server down or restarting, a standby, a refused
+	// password that may be being rotated) must not match it.
 	ErrConfig = errors.New("locker: invalid configuration")
 )

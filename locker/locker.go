@@ -8,14 +8,17 @@
 // packages locker/postgres and locker/memory implement it; package
 // locker/lockertest checks that an implementation keeps it.
 //
-// Optional capabilities are small interfaces of their own (Errer, Graceful),
-// read through the helpers Err and Grace, the way io.Copy looks for
-// io.WriterTo.
+// Optional capabilities are small interfaces of their own (Errer, Graceful,
+// Fencer, Voucher, Inspector), read through the helpers Err, Grace, Token,
+// VouchedUntil and Holder, the way io.Copy looks for io.WriterTo.
 package locker
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
+	"unicode"
 )
 
 // A Locker is one contender for a lock that is shared, by name, by every
@@ -164,4 +167,54 @@ func VouchedUntil(l Locker) (time.Time, bool) {
 		return v.VouchedUntil(), true
 	}
 	return time.Time{}, false
+}
+
+// Inspector is implemented by a Locker whose backend can tell who holds
+// its lock, so that a contender that waits can say whom it waits for.
+type Inspector interface {
+	// Identity returns the identity this Locker's holds are known by, as
+	// Holder reports it to other contenders.
+	Identity() string
+
+	// Holder returns the identity of the current holder of the lock, ""
+	// when nobody holds it. It may ask the backend (a query, a network
+	// round trip): call it when the answer is needed, not in a loop. The
+	// answer may be stale by the time it returns.
+	Holder(ctx context.Context) (string, error)
+}
+
+// Holder returns l.Holder(ctx) and true if l is an Inspector, and "",
+// false and nil otherwise.
+func Holder(ctx context.Context, l Locker) (holder string, ok bool, err error) {
+	if i, ok := l.(Inspector); ok {
+		h, err := i.Holder(ctx)
+		return h, true, err
+	}
+	return "", false, nil
+}
+
+// Identity returns l.Identity() and true if l is an Inspector, and ""
+// and false otherwise.
+func Identity(l Locker) (string, bool) {
+	if i, ok := l.(Inspector); ok {
+		return i.Identity(), true
+	}
+	return "", false
+}
+
+// CheckName returns an error matching ErrConfig for a lock name that is
+// surely a mistake: empty, only white space, or with a control character
+// (a stray newline from a file or an environment variable). Backends call
+// it before they use a name; names are compared byte for byte, so "job"
+// and "job\n" would be two different locks.
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty lock name", ErrConfig)
+	case strings.TrimFunc(name, unicode.IsSpace) == "":
+		return fmt.Errorf("%w: lock name %q is only white space", ErrConfig, name)
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		return fmt.Errorf("%w: lock name %q has a control character", ErrConfig, name)
+	}
+	return nil
 }

@@ -2,7 +2,10 @@ package supervise_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 
 	"github.com/onlyone-go/onlyone/locker/memory"
 	"github.com/onlyone-go/onlyone/supervise"
@@ -47,10 +50,40 @@ func ExampleSupervisor_OnEvent() {
 	_ = s.Run(ctx, reg.Locker("relay"), relay)
 	fmt.Println(s.Status().State)
 	// Output:
+	// waiting
 	// acquired
 	// lost
 	// stopping
 	// child-exited
 	// released
+	// waiting
 	// stopped
+}
+
+// Serve the supervisor's status to a load balancer or a person: 200 on the
+// replica that leads, 429 on the others; a liveness probe next to it.
+func ExampleStatusHandler() {
+	reg := memory.New()
+	s := &supervise.Supervisor{Restart: supervise.Temporary}
+	mux := http.NewServeMux() // the application's own, served on its port
+	mux.Handle("/leader", &supervise.StatusHandler{Supervisor: s})
+	mux.Handle("/healthz", &supervise.LivenessHandler{Supervisor: s})
+
+	// What the handler answers before Run, and while Run leads:
+	h := &supervise.StatusHandler{Supervisor: s}
+	ask := func() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "/leader", nil))
+		var b struct{ State, Holder string }
+		_ = json.Unmarshal(w.Body.Bytes(), &b)
+		fmt.Printf("%d %s holder=%q\n", w.Code, b.State, b.Holder)
+	}
+	ask()
+	_ = s.Run(context.Background(), reg.Locker("relay", memory.WithIdentity("node-a")), func(ctx context.Context) error {
+		ask()
+		return nil
+	})
+	// Output:
+	// 429 idle holder=""
+	// 200 leading holder="node-a"
 }

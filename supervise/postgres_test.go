@@ -23,6 +23,69 @@ import (
 // (pg_terminate_backend frees the lock at once, before the old holder
 // hears of it: that window is documented, and closed by fencing tokens.)
 func TestPostgresTakeover(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, driver string, db *sql.DB) {
+		name := "supervise-takeover-" + driver + "-" + time.Now().Format("150405.000000")
+		var active, maxActive atomic.Int32
+		evs := []*events{newEvents(), newEvents()}
+		ctxs := make([]context.Context, 2)
+		cancels := make([]context.CancelFunc, 2)
+		res := make([]chan error, 2)
+		for i := range evs {
+			ctxs[i], cancels[i] = context.WithCancel(context.Background())
+			defer cancels[i]()
+			res[i] = make(chan error, 1)
+			l, err := postgres.New(db, name, postgres.WithHeartbeatInterval(100*time.Millisecond),
+				postgres.WithLossTimeout(500*time.Millisecond), postgres.WithGrace(500*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := &supervise.Supervisor{OnEvent: evs[i].hook}
+			go func() {
+				res[i] <- s.Run(ctxs[i], l, func(ctx context.Context) error {
+					if n := active.Add(1); n > maxActive.Load() {
+						maxActive.Store(n)
+					}
+					defer active.Add(-1)
+					<-ctx.Done()
+					return nil
+				})
+			}()
+		}
+		first := waitEither(t, evs, supervise.EventAcquired, 1)
+		second := 1 - first
+
+		// A deploy: the leader shuts down; the other takes over.
+		cancels[first]()
+		if err := <-res[first]; err != nil {
+			t.Fatal(err)
+		}
+		evs[second].waitFor(t, supervise.EventAcquired, 1)
+		if m := maxActive.Load(); m != 1 {
+			t.Fatalf("%d children ran at once during a graceful hand-over", m)
+		}
+
+		// An operator ends the new leader's session.
+		if _, err := db.Exec("SELECT pg_terminate_backend($1)", holderPID(t, db, name)); err != nil {
+			t.Fatal(err)
+		}
+		lost := evs[second].waitFor(t, supervise.EventLost, 1)
+		if !errors.Is(lost.Err, locker.ErrLost) {
+			t.Fatalf("lost: %v", lost.Err)
+		}
+		evs[second].waitFor(t, supervise.EventAcquired, 2) // alone now: it leads again
+		cancels[second]()
+		if err := <-res[second]; err != nil {
+			t.Fatal(err)
+		}
+		if h, err := postgres.WhoHolds(context.Background(), db, name); h != nil || err != nil {
+			t.Fatalf("after both supervisors returned, WhoHolds = %+v, %v", h, err)
+		}
+	})
+}
+
+// forEachDriver runs f once per database/sql driver, as subtests, with a
+// pool on the shared server.
+func forEachDriver(t *testing.T, f func(t *testing.T, driver string, db *sql.DB)) {
 	srv := pglocal.Shared(t)
 	for _, driver := range []string{"pgx", "postgres"} {
 		t.Run(driver, func(t *testing.T) {
@@ -31,62 +94,7 @@ func TestPostgresTakeover(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer db.Close()
-			name := "supervise-takeover-" + driver + "-" + time.Now().Format("150405.000000")
-			var active, maxActive atomic.Int32
-			evs := []*events{newEvents(), newEvents()}
-			ctxs := make([]context.Context, 2)
-			cancels := make([]context.CancelFunc, 2)
-			res := make([]chan error, 2)
-			for i := range evs {
-				ctxs[i], cancels[i] = context.WithCancel(context.Background())
-				defer cancels[i]()
-				res[i] = make(chan error, 1)
-				l, err := postgres.New(db, name, postgres.WithHeartbeatInterval(100*time.Millisecond),
-					postgres.WithLossTimeout(500*time.Millisecond), postgres.WithGrace(500*time.Millisecond))
-				if err != nil {
-					t.Fatal(err)
-				}
-				s := &supervise.Supervisor{OnEvent: evs[i].hook}
-				go func() {
-					res[i] <- s.Run(ctxs[i], l, func(ctx context.Context) error {
-						if n := active.Add(1); n > maxActive.Load() {
-							maxActive.Store(n)
-						}
-						defer active.Add(-1)
-						<-ctx.Done()
-						return nil
-					})
-				}()
-			}
-			first := waitEither(t, evs, supervise.EventAcquired, 1)
-			second := 1 - first
-
-			// A deploy: the leader shuts down; the other takes over.
-			cancels[first]()
-			if err := <-res[first]; err != nil {
-				t.Fatal(err)
-			}
-			evs[second].waitFor(t, supervise.EventAcquired, 1)
-			if m := maxActive.Load(); m != 1 {
-				t.Fatalf("%d children ran at once during a graceful hand-over", m)
-			}
-
-			// An operator ends the new leader's session.
-			if _, err := db.Exec("SELECT pg_terminate_backend($1)", holderPID(t, db, name)); err != nil {
-				t.Fatal(err)
-			}
-			lost := evs[second].waitFor(t, supervise.EventLost, 1)
-			if !errors.Is(lost.Err, locker.ErrLost) {
-				t.Fatalf("lost: %v", lost.Err)
-			}
-			evs[second].waitFor(t, supervise.EventAcquired, 2) // alone now: it leads again
-			cancels[second]()
-			if err := <-res[second]; err != nil {
-				t.Fatal(err)
-			}
-			if h, err := postgres.WhoHolds(context.Background(), db, name); h != nil || err != nil {
-				t.Fatalf("after both supervisors returned, WhoHolds = %+v, %v", h, err)
-			}
+			f(t, driver, db)
 		})
 	}
 }

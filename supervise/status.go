@@ -1,10 +1,11 @@
 package supervise
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/onlyone-go/onlyone/locker"
 )
 
 // State is where a Supervisor is.
@@ -40,6 +41,17 @@ type Status struct {
 	Since     time.Time // when State was entered
 	Restarts  int       // restarts of the child since Run began
 	LastError error     // the last error of an acquisition, the child or a release
+
+	// Identity is the identity the Locker's holds are known by, when it
+	// can tell (a locker.Inspector): for locker/postgres, WithIdentity.
+	Identity string
+
+	// Holder is who holds the lock, as far as this Supervisor knows: its
+	// own Identity while Leading or Stopping; while Waiting, the holder
+	// the backend reported when the wait began ("" when the lock was free
+	// or the backend cannot tell) — or, if the lock was free then, a
+	// second later. It is not refreshed during the wait.
+	Holder string
 }
 
 // Status returns the Supervisor's current status.
@@ -55,10 +67,26 @@ func (s *Supervisor) setStatus(f func(*Status)) {
 	f(&s.status)
 }
 
+// begin resets the status for a new Run of l with settings c.
+func (s *Supervisor) begin(l locker.Locker, c settings) {
+	id, _ := locker.Identity(l)
+	s.loggedFailure, s.loggedAt = "", time.Time{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status = Status{Identity: id}
+	s.locker, s.shutdown = l, c.shutdown
+}
+
 func (s *Supervisor) transition(to State, err error) {
 	s.setStatus(func(st *Status) {
 		if st.State != to {
 			st.State, st.Since = to, s.clock()
+			switch to {
+			case Leading:
+				st.Holder = st.Identity
+			case Stopped:
+				st.Holder = ""
+			}
 		}
 		if err != nil {
 			st.LastError = err
@@ -78,6 +106,7 @@ const (
 	EventChildExited                        // the child returned (Err is its result)
 	EventReleased                           // the lock was released (Err from Release)
 	EventRestarting                         // the child will be started again after Delay
+	EventWaiting                            // waiting for the lock, held by Holder ("" if free or unknown)
 )
 
 func (k EventKind) String() string {
@@ -98,6 +127,8 @@ func (k EventKind) String() string {
 		return "released"
 	case EventRestarting:
 		return "restarting"
+	case EventWaiting:
+		return "waiting"
 	}
 	return fmt.Sprintf("EventKind(%d)", int(k))
 }
@@ -108,15 +139,33 @@ type Event struct {
 	Time  time.Time
 	Err   error
 	Delay time.Duration // for EventAcquireFailed and EventRestarting
+
+	// Holder, for EventWaiting, is the identity of the lock's holder when
+	// the wait began, if the Locker can tell (locker.Inspector); "" when
+	// the lock was free or the Locker cannot tell.
+	Holder string
 }
 
-// emit records e in the status, logs it and passes it to OnEvent.
-func (s *Supervisor) emit(e Event) {
+// emit records e in the status, logs it at its level and passes it to
+// OnEvent.
+func (s *Supervisor) emit(e Event) { s.emitAt(e, e.level()) }
+
+// emitAt is emit at the given level, with extra log attributes.
+func (s *Supervisor) emitAt(e Event, level slog.Level, attrs ...any) {
 	e.Time = s.clock()
 	if e.Err != nil {
 		s.setStatus(func(st *Status) { st.LastError = e.Err })
 	}
-	s.logger().Log(context.Background(), e.level(), "supervise: "+e.Kind.String(), "err", e.Err, "delay", e.Delay)
+	if e.Err != nil {
+		attrs = append(attrs, "err", e.Err)
+	}
+	if e.Delay != 0 {
+		attrs = append(attrs, "delay", e.Delay)
+	}
+	if e.Kind == EventWaiting && e.Holder != "" {
+		attrs = append(attrs, "holder", e.Holder)
+	}
+	s.log(level, "supervise: "+e.Kind.String(), attrs...)
 	if s.OnEvent != nil {
 		s.OnEvent(e)
 	}

@@ -11,6 +11,12 @@
 // goroutine cannot be killed and a process can.
 //
 // Run returns only when every goroutine it started has ended.
+//
+// A supervisor is never silent about a failure: without a Logger its
+// warnings go to slog.Default(), and Run returns the cause when its
+// context ends while acquisitions fail (see Supervisor.Run). Its state is
+// visible from outside the process through StatusHandler (200 on the
+// leader, 429 elsewhere, as JSON) and LivenessHandler (see Check).
 package supervise
 
 import (
@@ -82,6 +88,10 @@ const (
 	DefaultReleaseTimeout  = 5 * time.Second
 )
 
+// RepeatedFailureLog is how often an acquisition failure that goes on
+// unchanged is logged again at Warn level (see Supervisor.Logger).
+const RepeatedFailureLog = 5 * time.Minute
+
 // ErrTooManyRestarts is matched by the error Run returns when the child
 // was restarted more than MaxRestarts times within RestartPeriod.
 var ErrTooManyRestarts = errors.New("supervise: too many restarts")
@@ -108,7 +118,8 @@ func (e *PanicError) Error() string { return fmt.Sprintf("supervise: child panic
 //     failed acquisitions and between restarts
 //   - Stuck: Terminate
 //   - ReleaseTimeout: 5s
-//   - OnEvent: none; Logger: none
+//   - OnEvent: none
+//   - Logger: none; warnings and errors then go to slog.Default()
 //
 // A Supervisor runs one Run at a time; Status may be called at any time.
 type Supervisor struct {
@@ -125,7 +136,14 @@ type Supervisor struct {
 	// goroutine, in order. It must not block.
 	OnEvent func(Event)
 
-	// Logger, if set, receives the same transitions as log records.
+	// Logger, if set, receives the same transitions as log records. A
+	// failed acquisition is logged at Warn the first time, whenever the
+	// error changes, and every RepeatedFailureLog while it goes on; the
+	// retries in between at Debug. Without a Logger, the records at Warn
+	// and above (failed acquisitions so throttled, a lost lock, a child's
+	// error, a stuck child) go to slog.Default(): a supervisor is never
+	// silent about a failure. Set slog.New(slog.DiscardHandler) to
+	// silence it.
 	Logger *slog.Logger
 
 	// For tests (see export_test.go).
@@ -133,8 +151,14 @@ type Supervisor struct {
 	after func(time.Duration) <-chan time.Time
 	exit  func(code int)
 
-	mu     sync.Mutex
-	status Status
+	// Run's own, for the throttling of failure logs.
+	loggedFailure string
+	loggedAt      time.Time
+
+	mu       sync.Mutex
+	status   Status
+	locker   locker.Locker // the Locker of the current Run, for Check
+	shutdown time.Duration // the effective ShutdownTimeout of the current Run
 }
 
 // Run runs child with l under a zero Supervisor: see Supervisor.Run.
@@ -202,15 +226,33 @@ func (s *Supervisor) settings(l locker.Locker) (settings, error) {
 }
 
 // Run acquires l, runs child while it is held, and releases l when the
-// child has stopped; it does so again as the restart policy says. It
-// retries failed acquisitions with backoff, forever: a database that is
-// down is normal, not fatal.
+// child has stopped; it does so again as the restart policy says.
 //
-// Run returns nil when ctx ends and the child has stopped; the child's
-// result under Temporary (and Transient, for nil); an error matching
-// ErrTooManyRestarts when the restart intensity is exceeded; an error
-// matching locker.ErrConfig for settings that cannot work. It returns only
-// when the child's goroutine has ended.
+// Failed acquisitions are retried with backoff: a database that is down,
+// a standby not yet promoted, a password being rotated are normal, not
+// fatal. An error matching locker.ErrConfig is not retried, as retrying
+// cannot cure it: Run returns it at once. Backends report that way what
+// only a change of configuration can fix (for locker/postgres: a database
+// or a role that does not exist, a missing privilege, a transaction-mode
+// pooler — but not a wrong password, which may be a password being
+// rotated, nor a standby, which may be promoted).
+//
+// Run returns:
+//   - nil when ctx ends after the child has stopped, or while Run waits for
+//     a lock that another process holds;
+//   - an error matching ctx.Err() and wrapping the last failure, when ctx
+//     ends after acquisitions failed and before the lock was held again
+//     (so a wrong address or password is never silent);
+//   - an error matching ctx.Err() under Temporary when ctx ends before the
+//     child ran: a one-shot job that did not run is not a success;
+//   - the child's result under Temporary (and Transient, for nil), or an
+//     error matching locker.ErrLost if a loss stopped it;
+//   - an error matching ErrTooManyRestarts when the restart intensity is
+//     exceeded;
+//   - an error matching locker.ErrConfig for settings that cannot work,
+//     here or in the backend.
+//
+// It returns only when the child's goroutine has ended.
 func (s *Supervisor) Run(ctx context.Context, l locker.Locker, child func(ctx context.Context) error) error {
 	if l == nil || child == nil {
 		return fmt.Errorf("supervise: %w: nil locker or child", locker.ErrConfig)
@@ -219,28 +261,39 @@ func (s *Supervisor) Run(ctx context.Context, l locker.Locker, child func(ctx co
 	if err != nil {
 		return err
 	}
-	s.setStatus(func(st *Status) { *st = Status{} })
+	s.begin(l, c)
 	defer s.transition(Stopped, nil)
 
 	var (
 		failures int         // consecutive failed acquisitions
+		last     error       // the last of them
 		restarts []time.Time // within the restart period
 	)
 	for {
-		s.transition(Waiting, nil)
-		if err := l.Acquire(ctx); err != nil {
+		stopAsking := s.wait(ctx, l)
+		err := l.Acquire(ctx)
+		stopAsking()
+		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				if last == nil && !errors.Is(err, ctx.Err()) {
+					failures, last = 1, err
+				}
+				return s.waitEnded(ctx, failures, last)
+			}
+			if errors.Is(err, locker.ErrConfig) {
+				s.emitAt(Event{Kind: EventAcquireFailed, Err: err}, slog.LevelError, "failures", failures+1)
+				return fmt.Errorf("supervise: giving up: %w", err)
 			}
 			failures++
+			last = err
 			d := backoff(c.minBackoff, c.maxBackoff, failures)
-			s.emit(Event{Kind: EventAcquireFailed, Err: err, Delay: d})
+			s.emitAt(Event{Kind: EventAcquireFailed, Err: err, Delay: d}, s.failureLevel(failures, err), "failures", failures)
 			if !s.sleep(ctx, d) {
-				return nil
+				return s.waitEnded(ctx, failures, last)
 			}
 			continue
 		}
-		failures = 0
+		failures, last = 0, nil
 		s.transition(Leading, nil)
 		s.emit(Event{Kind: EventAcquired})
 
@@ -284,6 +337,92 @@ func (s *Supervisor) Run(ctx context.Context, l locker.Locker, child func(ctx co
 	}
 }
 
+// waitEnded is what Run returns when ctx ended before the lock was held:
+// failures acquisitions failed in a row, the last with last.
+func (s *Supervisor) waitEnded(ctx context.Context, failures int, last error) error {
+	switch {
+	case last != nil:
+		return fmt.Errorf("supervise: %w before the lock was held; %d acquisitions failed in a row, the last with: %w", ctx.Err(), failures, last)
+	case s.Restart == Temporary:
+		return fmt.Errorf("supervise: %w before the lock was held: the child never ran", ctx.Err())
+	}
+	return nil
+}
+
+// holderTimeout bounds each question a supervisor asks about the holder:
+// the answer is for people, and must not delay the wait for long.
+const holderTimeout = 2 * time.Second
+
+// holderRecheck is how long after a wait began a supervisor asks again
+// who holds the lock, if the first answer was "nobody": two replicas that
+// start together both find the lock free, and the one that loses the race
+// should still be able to say who won.
+const holderRecheck = time.Second
+
+// wait enters the Waiting state. On entering it, it asks the backend who
+// holds the lock, if it can tell (locker.Inspector), for Status and
+// EventWaiting; if nobody did, it asks once more after holderRecheck,
+// for Status only, in a goroutine that the returned func stops and waits
+// for. Retries after a failure stay in the state and ask nothing.
+func (s *Supervisor) wait(ctx context.Context, l locker.Locker) (stop func()) {
+	stop = func() {}
+	if s.Status().State == Waiting {
+		return stop
+	}
+	s.transition(Waiting, nil)
+	holder, ok := s.askHolder(ctx, l)
+	s.setStatus(func(st *Status) { st.Holder = holder })
+	s.emit(Event{Kind: EventWaiting, Holder: holder})
+	if !ok || holder != "" {
+		return stop
+	}
+	actx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-s.timer(holderRecheck):
+		case <-actx.Done():
+			return
+		}
+		if h, _ := s.askHolder(actx, l); h != "" && actx.Err() == nil {
+			s.setStatus(func(st *Status) {
+				if st.State == Waiting {
+					st.Holder = h
+				}
+			})
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// askHolder asks l who holds its lock, once; ok is false when l cannot
+// tell.
+func (s *Supervisor) askHolder(ctx context.Context, l locker.Locker) (holder string, ok bool) {
+	hctx, cancel := context.WithTimeout(ctx, holderTimeout)
+	defer cancel()
+	holder, ok, err := locker.Holder(hctx, l)
+	if err != nil {
+		s.log(slog.LevelDebug, "supervise: cannot tell who holds the lock", "err", err)
+	}
+	return holder, ok
+}
+
+// failureLevel is the level at which the failures-th failed acquisition
+// in a row, err, is logged: Warn for the first, for each change of error
+// and then every RepeatedFailureLog while the same error goes on; Debug
+// for the others, so that a database down for an hour is a few lines, not
+// one per retry.
+func (s *Supervisor) failureLevel(failures int, err error) slog.Level {
+	now := s.clock()
+	msg := err.Error()
+	if failures == 1 || msg != s.loggedFailure || now.Sub(s.loggedAt) >= RepeatedFailureLog {
+		s.loggedFailure, s.loggedAt = msg, now
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
+}
+
 // end says why a hold ended.
 type end int
 
@@ -304,8 +443,17 @@ func (s *Supervisor) lead(ctx context.Context, l locker.Locker, c settings, chil
 	var why end
 	select {
 	case err := <-done:
+		if ctx.Err() == nil {
+			s.emit(Event{Kind: EventChildExited, Err: err})
+			return endExited, err
+		}
+		// The child's ctx derives from ctx, so it may see a shutdown and
+		// return before this select does: that is a shutdown, not a child
+		// that returned on its own to be restarted.
+		s.transition(Stopping, nil)
+		s.emit(Event{Kind: EventStopping})
 		s.emit(Event{Kind: EventChildExited, Err: err})
-		return endExited, err
+		return endShutdown, err
 	case <-l.Lost():
 		why = endLost
 		s.emit(Event{Kind: EventLost, Err: locker.Err(l)})
@@ -329,7 +477,7 @@ func (s *Supervisor) lead(ctx context.Context, l locker.Locker, c settings, chil
 	}
 	s.emit(Event{Kind: EventStuck})
 	if s.Stuck == Terminate {
-		s.logger().Error("child did not stop within ShutdownTimeout; terminating the process so that it cannot run twice",
+		s.log(slog.LevelError, "supervise: child did not stop within ShutdownTimeout; terminating the process so that it cannot run twice",
 			"shutdown_timeout", c.shutdown, "exit_code", StuckExitCode)
 		s.terminate(StuckExitCode)
 	}
@@ -407,9 +555,15 @@ func (s *Supervisor) terminate(code int) {
 	os.Exit(code)
 }
 
-func (s *Supervisor) logger() *slog.Logger {
-	if s.Logger != nil {
-		return s.Logger
+// log writes a record to Logger. Without a Logger, records at Warn and
+// above go to slog.Default(), so that failures are never silent.
+func (s *Supervisor) log(level slog.Level, msg string, args ...any) {
+	l := s.Logger
+	if l == nil {
+		if level < slog.LevelWarn {
+			return
+		}
+		l = slog.Default()
 	}
-	return slog.New(slog.DiscardHandler)
+	l.Log(context.Background(), level, msg, args...)
 }

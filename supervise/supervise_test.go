@@ -3,6 +3,7 @@ package supervise_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"os/exec"
 	"sync"
@@ -22,6 +23,12 @@ func TestMain(m *testing.M) {
 	if os.Getenv("SUPERVISE_STUCK_CHILD") != "" {
 		stuckChildProcess() // exits
 	}
+	if os.Getenv(noLoggerEnv) != "" {
+		os.Exit(noLoggerMain()) // a program that runs a supervisor with no Logger
+	}
+	// Supervisors without a Logger write warnings to slog.Default(); the
+	// tests that look at them capture it, the others need not see them.
+	slog.SetDefault(slog.New(slog.DiscardHandler))
 	goleak.VerifyTestMain(pglocal.Main(m))
 }
 
@@ -171,8 +178,8 @@ func TestLossCancelsChildThenReleases(t *testing.T) {
 	if err := <-res; err != nil {
 		t.Fatalf("Run = %v, want nil after shutdown", err)
 	}
-	want := []supervise.EventKind{supervise.EventAcquired, supervise.EventLost, supervise.EventStopping,
-		supervise.EventChildExited, supervise.EventReleased, supervise.EventAcquired, supervise.EventStopping,
+	want := []supervise.EventKind{supervise.EventWaiting, supervise.EventAcquired, supervise.EventLost, supervise.EventStopping,
+		supervise.EventChildExited, supervise.EventReleased, supervise.EventWaiting, supervise.EventAcquired, supervise.EventStopping,
 		supervise.EventChildExited, supervise.EventReleased}
 	if got := ev.kinds(); !equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
@@ -402,8 +409,9 @@ func TestAcquireErrorsBackOffAndNeverStartChild(t *testing.T) {
 		t.Fatalf("Status = %+v, want waiting with the last error", st)
 	}
 	cancel()
-	if err := <-res; err != nil {
-		t.Fatalf("Run = %v, want nil", err)
+	// Never silent: the caller learns why the child never ran.
+	if err := <-res; !errors.Is(err, context.Canceled) || !errors.Is(err, errDown) {
+		t.Fatalf("Run = %v, want an error matching context.Canceled and the last failure", err)
 	}
 	if started {
 		t.Fatal("the child started although the lock was never held")

@@ -1,9 +1,13 @@
 // Command webservice is a service whose every replica serves HTTP while one
-// of them also runs a leader-only worker. GET /status tells who leads.
+// of them also runs a leader-only worker. GET /status tells who leads, asking
+// PostgreSQL; GET /leader is the supervisor's own status, 200 on the leader
+// and 429 elsewhere, for a load balancer that routes to the leader; GET
+// /healthz is a liveness probe.
 //
 //	DATABASE_URL=postgres://... go run ./examples/webservice -addr 127.0.0.1:8081 -id web-1
 //	DATABASE_URL=postgres://... go run ./examples/webservice -addr 127.0.0.1:8082 -id web-2
 //	curl -s 127.0.0.1:8082/status
+//	curl -si 127.0.0.1:8082/leader
 package main
 
 import (
@@ -72,6 +76,8 @@ func serve(ctx context.Context, log *slog.Logger, addr, id, url string) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(resp)
 	})
+	mux.Handle("GET /leader", &supervise.StatusHandler{Supervisor: sup})
+	mux.Handle("GET /healthz", &supervise.LivenessHandler{Supervisor: sup})
 	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("hello from " + id + "\n")) // every replica serves
 	})

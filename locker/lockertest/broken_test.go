@@ -22,40 +22,47 @@ var brokenBackends = []struct {
 	name    string
 	catcher string // the property that must fail
 	make    func(reg *memory.Registry, name string) locker.Locker
+
+	// prompt: run with the default 60s Timeout, and want every property
+	// that fails to fail within 2 × Patience, not by the watchdog.
+	prompt bool
 }{
 	{"TwoHolders", "MutualExclusion", func(_ *memory.Registry, name string) locker.Locker {
 		return memory.New().Locker(name) // a registry of its own: it never meets the others
-	}},
+	}, false},
 	{"LostNeverClosed", "LostClosedBeforeAcquire", func(reg *memory.Registry, name string) locker.Locker {
 		return &lostNeverClosed{Locker: reg.Locker(name), open: make(chan struct{})}
-	}},
+	}, true},
+	{"LossNeverNoticed", "ReacquireAfterLoss", func(reg *memory.Registry, name string) locker.Locker {
+		return &lossNotDelivered{Locker: reg.Locker(name)}
+	}, true},
 	{"KeepsLockOnCancel", "AcquireHonoursCancelledContext", func(reg *memory.Registry, name string) locker.Locker {
 		return &keepsLockOnCancel{reg.Locker(name)}
-	}},
+	}, false},
 	{"IgnoresContext", "AcquireHonoursExpiringContext", func(reg *memory.Registry, name string) locker.Locker {
 		return &ignoresContext{reg.Locker(name)}
-	}},
+	}, false},
 	{"ReleaseKeepsLock", "WaiterAcquiresAfterRelease", func(reg *memory.Registry, name string) locker.Locker {
 		return &releaseKeepsLock{Locker: reg.Locker(name)}
-	}},
+	}, false},
 	{"StaleLostChannel", "FreshLostPerHold", func(reg *memory.Registry, name string) locker.Locker {
 		return &staleLost{Locker: reg.Locker(name)}
-	}},
+	}, false},
 	{"SharedNames", "NamesIndependent", func(reg *memory.Registry, _ string) locker.Locker {
 		return reg.Locker("every name is this name")
-	}},
+	}, false},
 	{"LossNotDelivered", "LossDeliveredToHolder", func(reg *memory.Registry, name string) locker.Locker {
 		return &lossNotDelivered{Locker: reg.Locker(name)}
-	}},
+	}, false},
 	{"LeaksGoroutine", "AcquireRelease", func(reg *memory.Registry, name string) locker.Locker {
 		return &leaksGoroutine{Locker: reg.Locker(name)}
-	}},
+	}, false},
 	{"ReleaseFailsWhenIdle", "LostClosedBeforeAcquire", func(reg *memory.Registry, name string) locker.Locker {
 		return &releaseFailsWhenIdle{reg.Locker(name)}
-	}},
+	}, false},
 	{"TokensPerName", "FencingTokensIncrease", func(reg *memory.Registry, name string) locker.Locker {
 		return &tokensPerName{reg.Locker(name)}
-	}},
+	}, false},
 }
 
 // TestSuiteCatches is the suite's own test: it has teeth.
@@ -76,9 +83,31 @@ func TestSuiteCatches(t *testing.T) {
 			if !strings.Contains(string(out), want) {
 				t.Fatalf("want %q in the output of the suite:\n%s", want, out)
 			}
+			if !bb.prompt {
+				return
+			}
+			// "    --- FAIL: TestBrokenBackend/X/Property (0.50s)"
+			for _, line := range strings.Split(string(out), "\n") {
+				prefix := "--- FAIL: TestBrokenBackend/" + bb.name + "/"
+				line = strings.TrimSpace(line)
+				if !strings.HasPrefix(line, prefix) {
+					continue
+				}
+				i := strings.LastIndex(line, "(")
+				d, err := time.ParseDuration(strings.TrimSuffix(line[i+1:], ")"))
+				if err != nil {
+					t.Fatalf("cannot read the duration of %q: %v", line, err)
+				}
+				if d > 2*brokenPatience {
+					t.Errorf("%s: failed after %v, want within 2 × Patience (%v)", line, d, 2*brokenPatience)
+				}
+			}
 		})
 	}
 }
+
+// brokenPatience is the Patience of the suite run against broken backends.
+const brokenPatience = 500 * time.Millisecond
 
 // TestBrokenBackend runs the suite against the broken backend named by
 // LOCKERTEST_BROKEN; it runs only as TestSuiteCatches's child.
@@ -91,6 +120,10 @@ func TestBrokenBackend(t *testing.T) {
 		if bb.name != which {
 			continue
 		}
+		timeout := 2 * time.Second
+		if bb.prompt {
+			timeout = 0 // the default, 60s: the suite must not need its watchdog
+		}
 		t.Run(bb.name, func(t *testing.T) {
 			reg := memory.New()
 			lockertest.Run(t, lockertest.Backend{
@@ -101,8 +134,8 @@ func TestBrokenBackend(t *testing.T) {
 						b.revoked()
 					}
 				},
-				Timeout:  2 * time.Second,
-				Patience: 500 * time.Millisecond,
+				Timeout:  timeout,
+				Patience: brokenPatience,
 			})
 		})
 	}

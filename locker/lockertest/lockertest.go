@@ -17,8 +17,11 @@
 // Lost semantics, contexts honoured, Release idempotent, re-Acquire,
 // hand-over to a waiter, names independent, loss delivered to the holder,
 // fencing tokens that only grow (for a locker.Fencer), and no goroutine
-// left behind. Each subtest has a watchdog, so a Locker that
-// blocks where it must not fails the subtest instead of hanging the run.
+// left behind. Each wait has a bound of its own — Patience for an
+// acquisition or a release, LossPatience for Lost to close after Break —
+// and each subtest a watchdog (Timeout) behind them, so a Locker that
+// blocks where it must not fails the subtest promptly instead of hanging
+// the run.
 //
 // Run the suite under the race detector (go test -race): several properties
 // are races on purpose. The goroutine check compares the goroutines alive
@@ -63,6 +66,12 @@ type Backend struct {
 	// Patience is how long a contender may take to acquire a lock that
 	// nobody holds. Zero means 5s.
 	Patience time.Duration
+
+	// LossPatience is how long after Break the holder's Lost may take to
+	// close: a backend that learns of a loss at its next heartbeat needs
+	// a heartbeat interval or more. A Lost that stays open longer fails
+	// the property then, not when Timeout fires. Zero means Patience.
+	LossPatience time.Duration
 
 	// Contenders and Rounds size the mutual-exclusion property: that many
 	// goroutines, each with its own Locker, acquire and release the same
@@ -110,6 +119,9 @@ func Run(t *testing.T, b Backend) {
 	}
 	if b.Patience <= 0 {
 		b.Patience = 5 * time.Second
+	}
+	if b.LossPatience <= 0 {
+		b.LossPatience = b.Patience
 	}
 	if b.Contenders <= 0 {
 		b.Contenders = 8
@@ -486,13 +498,18 @@ func testNamesIndependent(h *harness) {
 	h.mustRelease(b, "holder of another name")
 }
 
-// breakHold breaks l's hold and waits for its Lost to close.
+// breakHold breaks l's hold and waits, at most LossPatience, for its Lost
+// to close.
 func (h *harness) breakHold(l locker.Locker) {
 	h.t.Helper()
 	lost := l.Lost()
 	h.b.Break(h.t, l)
+	timer := time.NewTimer(h.b.LossPatience)
+	defer timer.Stop()
 	select {
 	case <-lost:
+	case <-timer.C:
+		h.t.Fatalf("Lost was not closed within %v of Break (Backend.LossPatience): the holder would go on acting as the holder", h.b.LossPatience)
 	case <-h.fired:
 		h.t.Fatal("Lost was not closed after Break")
 	}

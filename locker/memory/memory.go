@@ -17,9 +17,10 @@ import (
 )
 
 var (
-	_ locker.Locker = (*Locker)(nil)
-	_ locker.Errer  = (*Locker)(nil)
-	_ locker.Fencer = (*Locker)(nil)
+	_ locker.Locker    = (*Locker)(nil)
+	_ locker.Errer     = (*Locker)(nil)
+	_ locker.Fencer    = (*Locker)(nil)
+	_ locker.Inspector = (*Locker)(nil)
 )
 
 // ErrRevoked is matched, along with locker.ErrLost, by the Err of a Locker
@@ -37,9 +38,10 @@ var closed = func() chan struct{} {
 // made from the same Registry exclude one another by name; Lockers made from
 // different Registries never meet. The zero Registry is not usable: call New.
 type Registry struct {
-	mu     sync.Mutex
-	slots  map[string]*slot
-	tokens uint64 // the last fencing token handed out
+	mu      sync.Mutex
+	slots   map[string]*slot
+	tokens  uint64 // the last fencing token handed out
+	lockers uint64 // how many Lockers were made, for default identities
 }
 
 // slot is the state of one name.
@@ -70,14 +72,31 @@ func (s *slot) freeLocked() {
 	s.freed = make(chan struct{})
 }
 
+// An Option configures a Locker made by Registry.Locker.
+type Option func(*Locker)
+
+// WithIdentity sets the identity a Locker's holds are known by (see
+// locker.Inspector). The default is "memory-N", N counting the Lockers the
+// Registry made.
+func WithIdentity(id string) Option { return func(l *Locker) { l.identity = id } }
+
 // Locker returns a new contender for name. It panics if name is empty, as
 // an empty name is a programming error that would make unrelated code share
-// a lock.
-func (r *Registry) Locker(name string) *Locker {
+// a lock. A name that locker.CheckName refuses (only white space, a control
+// character) makes Acquire fail with an error matching locker.ErrConfig.
+func (r *Registry) Locker(name string, opts ...Option) *Locker {
 	if name == "" {
 		panic("memory: empty lock name")
 	}
-	return &Locker{r: r, name: name, lost: closed, err: locker.ErrNotHeld}
+	r.mu.Lock()
+	r.lockers++
+	n := r.lockers
+	r.mu.Unlock()
+	l := &Locker{r: r, name: name, lost: closed, err: locker.ErrNotHeld, identity: fmt.Sprintf("memory-%d", n)}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
 }
 
 // Revoke takes the lock on name away from its holder the way a well-behaved
@@ -112,11 +131,13 @@ func (r *Registry) Terminate(name string) bool {
 }
 
 // A Locker is one contender for a name in a Registry. It implements
-// locker.Locker, locker.Errer and locker.Fencer. It has no grace: Revoke keeps the name
-// taken until Release, but Terminate does not.
+// locker.Locker, locker.Errer, locker.Fencer and locker.Inspector. It has
+// no grace: Revoke keeps the name taken until Release, but Terminate does
+// not.
 type Locker struct {
-	r    *Registry
-	name string
+	r        *Registry
+	name     string
+	identity string
 
 	op sync.Mutex // serialises Acquire and Release
 
@@ -129,10 +150,30 @@ type Locker struct {
 // Name returns the name l contends for.
 func (l *Locker) Name() string { return l.name }
 
+// Identity returns the identity l's holds are known by (WithIdentity).
+func (l *Locker) Identity() string { return l.identity }
+
+// Holder returns the identity of the Locker that holds l's name, "" when
+// it is free. A holder whose hold was revoked but not yet released still
+// holds the name. It never fails.
+func (l *Locker) Holder(ctx context.Context) (string, error) {
+	l.r.mu.Lock()
+	defer l.r.mu.Unlock()
+	if s := l.r.slots[l.name]; s != nil && s.holder != nil {
+		return s.holder.identity, nil
+	}
+	return "", nil
+}
+
 // Acquire blocks until l holds its name in the Registry, or ctx is done.
+// It returns an error matching locker.ErrConfig at once for a name that
+// locker.CheckName refuses.
 func (l *Locker) Acquire(ctx context.Context) error {
 	l.op.Lock()
 	defer l.op.Unlock()
+	if err := locker.CheckName(l.name); err != nil {
+		return fmt.Errorf("memory: acquire: %w", err)
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("memory: acquire %q: %w", l.name, err)
 	}

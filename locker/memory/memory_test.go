@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -127,4 +128,46 @@ func ExampleRegistry_Revoke() {
 	fmt.Println(errors.Is(l.Err(), locker.ErrLost))
 	_ = l.Release(ctx)
 	// Output: true
+}
+
+func TestHolderAndIdentity(t *testing.T) {
+	reg := memory.New()
+	ctx := context.Background()
+	a := reg.Locker("job", memory.WithIdentity("node-a"))
+	b := reg.Locker("job")
+	if id, ok := locker.Identity(b); !ok || !strings.HasPrefix(id, "memory-") {
+		t.Fatalf("default identity = %q, %v", id, ok)
+	}
+	if who, ok, err := locker.Holder(ctx, b); !ok || who != "" || err != nil {
+		t.Fatalf("Holder of a free name = %q, %v, %v", who, ok, err)
+	}
+	if err := a.Acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if who, _, _ := locker.Holder(ctx, b); who != "node-a" {
+		t.Fatalf("Holder = %q, want node-a", who)
+	}
+	reg.Revoke("job")
+	if who, _, _ := locker.Holder(ctx, b); who != "node-a" {
+		t.Fatalf("Holder after Revoke, before Release = %q, want node-a: the name is still taken", who)
+	}
+	if err := a.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if who, _, _ := locker.Holder(ctx, b); who != "" {
+		t.Fatalf("Holder after Release = %q", who)
+	}
+}
+
+func TestBadNamesRefused(t *testing.T) {
+	reg := memory.New()
+	for _, name := range []string{" ", "\t\n", "job\n", "a\x00b", "x\x7f"} {
+		err := reg.Locker(name).Acquire(context.Background())
+		if !errors.Is(err, locker.ErrConfig) {
+			t.Errorf("Acquire with name %q = %v, want ErrConfig", name, err)
+		}
+	}
+	if err := reg.Locker("nightly billing ✓").Acquire(context.Background()); err != nil {
+		t.Errorf("a name with inner spaces and non-ASCII letters: %v", err)
+	}
 }

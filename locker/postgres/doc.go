@@ -31,10 +31,10 @@
 //     spread over the interval (TestTerminateNoticed). The idle load is
 //     one statement per HeartbeatInterval per holder; like any statement
 //     it holds a snapshot while it runs (at most HeartbeatInterval), as a
-//     short query each second would. The session sets
-//     client_connection_check_interval (5ms) so that the server, busy with
-//     that statement, still notices within milliseconds a holder whose
-//     process died.
+//     short query each second would. Once it holds the lock, the session
+//     sets client_connection_check_interval (2ms), so that the server,
+//     busy with that statement, still notices within milliseconds a holder
+//     whose process died (waiters do not pay for the checks).
 //   - The holder gives the lock up — Lost closes — LossTimeout after the
 //     send time of the last heartbeat that succeeded, on a timer that does
 //     not wait for a heartbeat stuck on a silent network. A lost hold
@@ -46,8 +46,7 @@
 //     SessionTimeout ≥ LossTimeout + Grace + MinMargin, and the server ends
 //     a session silent for that long. So a partitioned or frozen holder is
 //     replaced after about SessionTimeout (10s with the defaults), and only
-//     after it has given up.
-//     The arithmetic counts the heartbeat's time in flight on the safe
+//     after it has given up. The arithmetic counts the heartbeat's time in flight on the safe
 //     side: the server's idle clock starts when a statement ends, never
 //     before the send time the client counts from. The session also
 //     raises tcp_user_timeout and the TCP keepalives where a server or
@@ -59,14 +58,17 @@
 //     been a writable primary for SessionTimeout: Acquire keeps the lock
 //     and its heartbeat meanwhile, and returns when a heartbeat sent after
 //     that moment has succeeded. What an unprivileged role can read, and
-//     is used (measured on PostgreSQL 15 as a role with no privileges):
+//     is used (measured on PostgreSQL 15 as a role with no privileges;
+//     the same functions and views exist on 14 to 17, not measured here):
 //     pg_postmaster_start_time() moves with a restart (fast or
 //     immediate); pg_stat_bgwriter.stats_reset moves to the crash
 //     recovery after a crash-reset (one backend killed, the postmaster
 //     re-initialising), and after an immediate restart; a promoted standby
 //     shows a WAL timeline newer than its last checkpoint's until its
-//     first checkpoint on the new timeline, whose checkpoint_time
-//     (pg_control_checkpoint()) is at or after the promotion. The session
+//     first checkpoint on the new timeline, and then the checkpoint_time
+//     (pg_control_checkpoint()) of its latest checkpoint is at or after
+//     the promotion (measured: the first checkpoint after pg_promote has
+//     timeline_id = prev_timeline_id, so that pair shows nothing). The session
 //     itself is a bound too: restarts end every session, and a session
 //     that saw a primary was set up after any promotion, so a waiter that
 //     has waited SessionTimeout takes over a crashed holder in
@@ -87,13 +89,18 @@
 // What a lock alone cannot promise, and fencing tokens (Token, and package
 // fence) can:
 //
-//   - A process paused (SIGSTOP, a VM freeze, a long GC or swap storm) for
-//     longer than SessionTimeout resumes with its work briefly running
-//     after the next holder started; its Lost closes the moment it runs
-//     again.
-//   - An operator's pg_terminate_backend frees the lock at once; the old
-//     holder learns of it within milliseconds, but its work may run on for
-//     as long as it takes to stop (at most Grace under package supervise).
+//   - freeze: a process paused (SIGSTOP, a VM freeze, a long GC or swap
+//     storm) for longer than SessionTimeout resumes with its work briefly
+//     running after the next holder started; its Lost closes the moment
+//     it runs again.
+//   - terminate: an operator's pg_terminate_backend frees the lock at
+//     once; the old holder learns of it within milliseconds, but its work
+//     may run on for as long as it takes to stop (at most Grace under
+//     package supervise).
+//
+// These two windows are the only ones: a restart, a crash-reset and a
+// promotion are not windows (see the quarantine above). What else to know:
+//
 //   - The quarantine costs a wait: a grant on a server that restarted,
 //     reset or was promoted less than SessionTimeout ago waits out the
 //     rest of it; on a promoted server (until its next restart) a new
@@ -101,9 +108,7 @@
 //     administrator's pg_stat_reset_shared('bgwriter') costs one window.
 //     Where the role may not read pg_control_checkpoint() or
 //     pg_stat_bgwriter, every new session's grant waits out SessionTimeout
-//     (the Locker warns once). A second checkpoint within SessionTimeout
-//     of a promotion (a manual CHECKPOINT, or heavy writes) hides the
-//     promotion from a session set up after it.
+//     (the Locker warns once).
 //   - PostgreSQL older than 14 has no idle_session_timeout: a frozen or
 //     partitioned holder keeps the lock until its TCP connection dies.
 //     The Locker logs a warning.
@@ -127,11 +132,18 @@
 // # Connections
 //
 // A holder pins one connection of the *sql.DB for as long as it holds the
-// lock; a waiter pins one while it waits. Release borrows a second one for
-// a moment, to interrupt the heartbeat in flight (pg_cancel_backend);
-// where the pool has none to spare, the hand-over waits for the heartbeat
-// to end by itself (at most HeartbeatInterval). The Locker logs a warning
-// when it pins the last connection the pool allows.
+// lock, and a waiter one while it waits. Release borrows a second one from
+// the pool for a moment, to interrupt the heartbeat in flight
+// (pg_cancel_backend) so that it can unlock at once; so that this costs
+// the hand-over no new session, a holder makes sure, once it holds the
+// lock, that the pool keeps one connection idle (opening one if none is,
+// and the application may use it meanwhile). An Acquire cancelled while
+// its backend waited borrows one too, to end that backend. With a pool of
+// one (SetMaxOpenConns(1)) a Locker still works: Release then waits for
+// the heartbeat to end by itself, at most HeartbeatInterval. The Locker
+// logs a warning when it pins the last connection the pool allows: the
+// application's own queries then wait until it is released. Give the
+// locks a *sql.DB of their own when the application's pool is small.
 //
 // All contenders for a name must use the same database: advisory locks are
 // per database. Holder discovery (WhoHolds) reads pg_locks and

@@ -155,6 +155,7 @@ const heartbeatSQL = `SELECT pg_catalog.pg_backend_pid() FROM pg_catalog.pg_slee
 // h.conn.
 func (h *hold) heartbeat() {
 	defer close(h.done)
+	h.l.keepSpare()
 	for {
 		select {
 		case <-h.lost:
@@ -235,10 +236,22 @@ func (h *hold) cleanup() {
 // backend between two heartbeats does nothing.
 const cancelEvery = 50 * time.Millisecond
 
+// releaseGrace is how long release waits for the clean-up beyond a
+// heartbeat, whatever its context: on a reachable server it takes
+// milliseconds.
+const releaseGrace = time.Second
+
 // release ends the hold (closing Lost before anything else), stops the
 // heartbeat, interrupting its statement with pg_cancel_backend through the
-// pool, and waits for it to unlock and destroy the connection: at most
-// unlockTimeout, or longer while ctx lasts.
+// pool, and waits for it to unlock and destroy the connection: for a
+// heartbeat and releaseGrace even when ctx is done already, and longer
+// while ctx lasts.
+//
+// The cancel goes through the pool, not through the driver: cancelling
+// the statement's context would make pgx close the connection and lib/pq
+// mark it bad, and the unlock, which makes the hand-over synchronous,
+// could not follow. Where every connection the pool allows is in use, the
+// heartbeat ends by itself within HeartbeatInterval instead.
 func (h *hold) release(ctx context.Context) error {
 	wasHeld := false
 	h.stopOnce.Do(func() {
@@ -266,7 +279,7 @@ func (h *hold) release(ctx context.Context) error {
 			}
 		}
 	}
-	own := time.NewTimer(unlockTimeout)
+	own := time.NewTimer(h.l.cfg.heartbeat + releaseGrace)
 	defer own.Stop()
 	select {
 	case <-h.done:

@@ -151,3 +151,32 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// ownServer starts a server for t alone, which t may restart, crash and
+// promote a standby of, and stops it when t ends.
+func ownServer(t *testing.T) *pglocal.Server {
+	t.Helper()
+	pglocal.Shared(t) // skips or fails as the environment says
+	srv, err := pglocal.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Stop() })
+	if srv.Kind != "local" {
+		t.Skipf("skipping: restarting the server needs local PostgreSQL binaries, not a %s server", srv.Kind)
+	}
+	return srv
+}
+
+// acquireAsync starts l.Acquire and returns a channel that receives the
+// time it returned; a failure fails t.
+func acquireAsync(t *testing.T, l *postgres.Locker) <-chan time.Time {
+	res := make(chan time.Time, 1)
+	go func() {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Error(err)
+		}
+		res <- time.Now()
+	}()
+	return res
+}

@@ -178,7 +178,7 @@ func (l *Locker) Acquire(ctx context.Context) error {
 	}
 	h, ready, err := l.acquire(ctx)
 	if err != nil {
-		return err
+		return classify(err) // errors that retrying cannot cure match locker.ErrConfig (classify.go)
 	}
 	go h.heartbeat()
 	if err := l.quarantine(ctx, h, ready); err != nil {
@@ -228,6 +228,19 @@ func (l *Locker) VouchedUntil() time.Time {
 	return h.vouchedUntil()
 }
 
+// keepSpare readies, once the lock is held, an idle connection of the pool
+// for Release to interrupt the heartbeat through: it runs the statement
+// Release will run, for no backend, which opens a connection where none
+// is idle and warms its caches (on a new session the statement costs
+// about 3ms, on a warm one a tenth of that). It does nothing where the
+// pool has no room for one more.
+func (l *Locker) keepSpare() {
+	if l.lastConn() {
+		return
+	}
+	_ = l.signal(backend{}, "pg_cancel_backend")
+}
+
 // lastConn reports whether every connection the pool allows is in use, so
 // that a statement through it would wait for one.
 func (l *Locker) lastConn() bool {
@@ -236,12 +249,13 @@ func (l *Locker) lastConn() bool {
 }
 
 // Release gives the lock up: it closes Lost, interrupts the heartbeat in
-// flight (pg_cancel_backend through the pool, which needs a free
-// connection there; without one the heartbeat ends by itself within
-// HeartbeatInterval), unlocks, and destroys the pinned connection (never
-// returned to the pool). When it returns nil, the server has unlocked or
+// flight (pg_cancel_backend through the pool, which borrows a connection
+// for a moment; where the pool allows no more, the heartbeat ends by
+// itself within HeartbeatInterval), unlocks, and destroys the pinned
+// connection (never returned to the pool). When it returns nil, the server has unlocked or
 // is ending the session. It unlocks even when ctx is already done — the
-// usual defer after a signal — within a timeout of its own (5s).
+// usual defer after a signal — within a time of its own
+// (HeartbeatInterval + 1s).
 //
 // If the connection is stuck in the driver past that timeout and ctx has
 // ended (lib/pq on a silent network ignores deadlines), Release returns an

@@ -75,12 +75,7 @@ func (g *ledger) lastStart() time.Time {
 // without the restart quarantine the other replica is granted the lock
 // at once, while the old child is still stopping.
 func TestRestartNoOverlap(t *testing.T) {
-	srv, err := pglocal.Start()
-	if err != nil {
-		pglocal.Shared(t) // skips or fails as the environment says
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop() })
+	srv := ownServer(t)
 	faults := []struct {
 		name  string
 		fault func(t *testing.T)
@@ -175,12 +170,7 @@ func crashReset(t *testing.T, srv *pglocal.Server) {
 // after a restart, a crash-reset and a promotion, an Acquire on the
 // server returns no earlier than SessionTimeout after the fault began.
 func TestQuarantine(t *testing.T) {
-	srv, err := pglocal.Start()
-	if err != nil {
-		pglocal.Shared(t)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop() })
+	srv := ownServer(t)
 	ctx := context.Background()
 	check := func(t *testing.T, url, driver string, since time.Time) {
 		t.Helper()

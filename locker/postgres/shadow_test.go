@@ -95,3 +95,38 @@ func (s *logSink) String() string {
 	defer s.mu.Unlock()
 	return s.buf.String()
 }
+
+// TestTCPSettingsRaised gives a role TCP settings that could end a silent
+// session before SessionTimeout: the Locker raises them on its session
+// and says so. (The fault proxy acknowledges every byte, so the settings'
+// effect itself cannot be shown through it.)
+func TestTCPSettingsRaised(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		role := "tcp_" + e.driver
+		for _, q := range []string{
+			"DROP ROLE IF EXISTS " + role,
+			"CREATE ROLE " + role + " LOGIN",
+			"ALTER ROLE " + role + " SET tcp_user_timeout = '1s'",
+			"ALTER ROLE " + role + " SET tcp_keepalives_idle = 1",
+			"ALTER ROLE " + role + " SET tcp_keepalives_interval = 1",
+			"ALTER ROLE " + role + " SET tcp_keepalives_count = 1",
+		} {
+			if _, err := e.admin.Exec(q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		logs := &logSink{}
+		l := newLocker(t, open(t, e.driver, e.srv.URLWith(role, "", "")), uniqueName(t), append(fast, postgres.WithLogger(logs.logger()))...)
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"tcp_user_timeout from 1000ms to 2200ms", "tcp_keepalives_idle from 1s to 3s"} {
+			if !logs.contains(want) {
+				t.Errorf("the log does not say %q:\n%s", want, logs)
+			}
+		}
+		if err := l.Release(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

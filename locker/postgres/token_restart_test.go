@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/onlyone-go/onlyone/internal/pglocal"
 	"github.com/onlyone-go/onlyone/locker/postgres"
 )
 
@@ -15,12 +14,7 @@ import (
 // was not flushed is forgotten by the crash and handed out again; the
 // control (a bare txid_current(), same database) shows how often.
 func TestTokensAcrossCrashesSyncCommitOff(t *testing.T) {
-	srv, err := pglocal.Start()
-	if err != nil {
-		pglocal.Shared(t)
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Stop() })
+	srv := ownServer(t)
 	admin := open(t, "pgx", srv.URL)
 	for _, q := range []string{"CREATE DATABASE async", "ALTER DATABASE async SET synchronous_commit = off"} {
 		if _, err := admin.Exec(q); err != nil {
