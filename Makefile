@@ -26,7 +26,8 @@ chaos:
 	$(GO) run ./internal/chaos/cmd/chaos -nodes 5 $(CHAOS_FLAGS)
 
 # bench measures takeovers side by side with a raw lock and etcd (bench/ has
-# its own go.mod); it writes bench/results.json and bench/takeover.png.
+# its own go.mod), against a server with fsync on as in production; it
+# writes bench/results.json and bench/takeover.png.
 bench:
 	cd bench && $(GO) run ./cmd/takeover -n 20 -n-slow 5 -md RESULTS.tables.md
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./locker/postgres/
