@@ -6,7 +6,11 @@
 // pg_advisory_lock(Key(name)) on it. Waiting is a blocking lock statement,
 // so when a holder's process dies the next waiter has the lock as soon as
 // the server notices — within milliseconds — and when a holder releases,
-// the hand-over is immediate.
+// the hand-over is immediate. Measured on a loaded 2-core machine
+// (TestCrashTakeover, TestGracefulHandover; bench/RESULTS.md has the paired
+// benchmark): SIGKILL of the holder to the waiter's grant, p50 5.0ms pgx
+// and 3.6ms lib/pq against 3.1ms and 2.4ms for a raw pg_advisory_lock;
+// Release to the waiter's grant, p50 3.9–5.2ms.
 //
 // # Guarantees
 //

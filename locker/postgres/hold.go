@@ -155,7 +155,14 @@ const heartbeatSQL = `SELECT pg_catalog.pg_backend_pid() FROM pg_catalog.pg_slee
 // h.conn.
 func (h *hold) heartbeat() {
 	defer close(h.done)
-	h.l.keepSpare()
+	// The spare connection for Release is readied beside the heartbeats,
+	// so that a slow connect cannot delay the first of them.
+	spared := make(chan struct{})
+	go func() {
+		defer close(spared)
+		h.l.keepSpare()
+	}()
+	defer func() { <-spared }()
 	for {
 		select {
 		case <-h.lost:

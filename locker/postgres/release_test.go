@@ -152,3 +152,26 @@ func TestNames(t *testing.T) {
 		}
 	}
 }
+
+// TestWarnsOnLastConnection: a Locker that pins the last connection its
+// pool allows says so, naming the fix.
+func TestWarnsOnLastConnection(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		for _, max := range []int{2, 1} {
+			db := open(t, e.driver, e.srv.URL)
+			db.SetMaxOpenConns(max)
+			logs := &logSink{}
+			l := newLocker(t, db, uniqueName(t), append(fast, postgres.WithLogger(logs.logger()))...)
+			if err := l.Acquire(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			warned := logs.contains("pinned the last connection") && logs.contains("SetMaxOpenConns") && logs.contains("a *sql.DB of their own")
+			if warned != (max == 1) {
+				t.Errorf("SetMaxOpenConns(%d): warned %v:\n%s", max, warned, logs)
+			}
+			if err := l.Release(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
