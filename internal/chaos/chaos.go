@@ -176,6 +176,7 @@ func Run(cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep.Seed = cfg.Seed
+	rep.Stuck = c.stuck
 	return rep, nil
 }
 
@@ -195,6 +196,7 @@ type controller struct {
 
 	mu     sync.Mutex
 	faults []fault
+	stuck  []string        // nodes that did not exit in time, with their goroutines
 	busy   map[string]bool // nodes under a fault that lasts
 	wg     sync.WaitGroup  // faults that last
 }
@@ -213,8 +215,14 @@ func (c *controller) start(n *node) error {
 	c.srvMu.Unlock()
 	url = strings.Replace(url, "postgres://postgres@", "postgres://"+nodeRole+"@", 1)
 	cmd.Env = append(os.Environ(), NodeEnv+"="+n.id, "CHAOS_DRIVER="+n.driver, "CHAOS_URL="+url, "CHAOS_LOCK="+c.lock,
-		"CHAOS_RECORD="+filepath.Join(c.dir, n.id+".rec"), "GORACE=atexit_sleep_ms=0")
-	cmd.Stderr = io.Discard
+		"CHAOS_RECORD="+filepath.Join(c.dir, n.id+".rec"), "GORACE=atexit_sleep_ms=0", "GOTRACEBACK=all")
+	// Its stderr, kept for the goroutine dump of a node that would not stop.
+	errf, err := os.OpenFile(filepath.Join(c.dir, n.id+".err"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer errf.Close() // the child has its own descriptor
+	cmd.Stderr = errf
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -226,19 +234,52 @@ func (c *controller) start(n *node) error {
 	return nil
 }
 
+// stopTimeout is how long a node may take to exit after a signal; one
+// that takes longer is made to dump its goroutines (SIGQUIT), then killed,
+// and reported as stuck with what it was doing.
+const stopTimeout = 10 * time.Second
+
 // stop sends sig to n's process and waits for it to exit.
 func (c *controller) stop(n *node, sig syscall.Signal) {
 	n.mu.Lock()
 	cmd, exited := n.cmd, n.exited
 	n.mu.Unlock()
+	at := time.Now()
 	_ = cmd.Process.Signal(syscall.SIGCONT)
 	_ = cmd.Process.Signal(sig)
 	select {
 	case <-exited:
-	case <-time.After(10 * time.Second):
+		return
+	case <-time.After(stopTimeout):
+	}
+	_ = cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-exited:
+	case <-time.After(2 * time.Second):
 		_ = cmd.Process.Kill()
 		<-exited
 	}
+	c.mu.Lock()
+	c.stuck = append(c.stuck, fmt.Sprintf("%s did not exit within %v of %v at %s; its goroutines then:\n%s",
+		n.id, stopTimeout, sig, stamp(at), stacks(filepath.Join(c.dir, n.id+".err"))))
+	c.mu.Unlock()
+}
+
+// stacks returns the goroutine dump in a node's stderr, cut to the frames
+// of this module, the driver and database/sql, at most 60 lines.
+func stacks(path string) string {
+	b, _ := os.ReadFile(path)
+	var keep []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "goroutine ") || strings.Contains(l, "onlyone") || strings.Contains(l, "database/sql.") ||
+			strings.Contains(l, "lib/pq") || strings.Contains(l, "pgx") {
+			keep = append(keep, "        "+l)
+		}
+	}
+	if len(keep) > 60 {
+		keep = keep[len(keep)-60:]
+	}
+	return strings.Join(keep, "\n")
 }
 
 // holder returns the node that holds the lock, or nil.

@@ -34,11 +34,12 @@ type Report struct {
 	WorstLateStart        time.Duration              // (its grant was read after the terminate)
 	LongGaps              []string                   // leaderless intervals beyond the bound
 	LongestGap            time.Duration
-	TokenInversions       int // runs whose token is not above the previous run's
-	UnexplainedInversions int // of which overlapped outside a documented window
-	Leaked                int // sessions holding the lock after all nodes stopped
-	Records               int // record lines read
-	BadLines              int // record lines that did not parse
+	TokenInversions       int      // runs whose token is not above the previous run's
+	UnexplainedInversions int      // of which overlapped outside a documented window
+	Leaked                int      // sessions holding the lock after all nodes stopped
+	Stuck                 []string // nodes that did not exit within stopTimeout of a signal, with their goroutines
+	Records               int      // record lines read
+	BadLines              int      // record lines that did not parse
 }
 
 // gapBound is the longest leaderless interval the settings allow after a
@@ -357,6 +358,10 @@ func (r *Report) String() string {
 	}
 	fmt.Fprintf(&b, "fencing token inversions: %d, outside the documented windows: %d\n", r.TokenInversions, r.UnexplainedInversions)
 	fmt.Fprintf(&b, "locks leaked after every node stopped: %d\n", r.Leaked)
+	fmt.Fprintf(&b, "nodes that did not exit within %v of a signal: %d\n", stopTimeout, len(r.Stuck))
+	for _, s := range r.Stuck {
+		fmt.Fprintf(&b, "  %s\n", s)
+	}
 	return b.String()
 }
 

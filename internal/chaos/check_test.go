@@ -1,6 +1,8 @@
 package chaos
 
 import (
+	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,5 +67,24 @@ func TestExplain(t *testing.T) {
 		if cause != tc.cause || late != tc.late {
 			t.Errorf("%s: explain = %q, late %v; want %q, late %v", tc.name, cause, late, tc.cause, tc.late)
 		}
+	}
+}
+
+// TestStacks: the dump of a stuck node keeps goroutine headers and the
+// frames of this module and the drivers, nothing else.
+func TestStacks(t *testing.T) {
+	path := t.TempDir() + "/node.err"
+	dump := "SIGQUIT: quit\ngoroutine 1 [select]:\nruntime.gopark(...)\ngithub.com/onlyone-go/onlyone/supervise.(*Supervisor).Run(...)\ngithub.com/lib/pq.(*conn).recv(...)\n"
+	if err := os.WriteFile(path, []byte(dump), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := stacks(path)
+	for _, want := range []string{"goroutine 1 [select]:", "supervise.(*Supervisor).Run", "lib/pq.(*conn).recv"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("stacks lost %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "runtime.gopark") || strings.Contains(got, "SIGQUIT") {
+		t.Errorf("stacks kept a line of no interest:\n%s", got)
 	}
 }
