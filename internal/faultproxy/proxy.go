@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // A Proxy forwards every connection made to Addr to a target address.
@@ -127,19 +128,31 @@ func (p *Proxy) accept() {
 		if !p.conns.track(client) {
 			return
 		}
-		server, err := net.Dial("tcp", *p.target.Load())
-		if err != nil {
-			p.conns.close(client)
-			continue
-		}
-		if !p.conns.track(server) {
-			p.conns.close(client)
-			return
-		}
-		p.wg.Add(2)
-		go p.pipe(server, client)
-		go p.pipe(client, server)
+		p.wg.Add(1)
+		go p.connect(client)
 	}
+}
+
+// dialTimeout bounds the dial to the target: a server that does not
+// answer a connection attempt holds up that client only.
+const dialTimeout = 10 * time.Second
+
+// connect dials the target for client and relays between them; the dial
+// is not in the accept loop, so that a slow one delays no other client.
+func (p *Proxy) connect(client net.Conn) {
+	defer p.wg.Done()
+	server, err := net.DialTimeout("tcp", *p.target.Load(), dialTimeout)
+	if err != nil {
+		p.conns.close(client)
+		return
+	}
+	if !p.conns.track(server) {
+		p.conns.close(client)
+		return
+	}
+	p.wg.Add(2)
+	go p.pipe(server, client)
+	go p.pipe(client, server)
 }
 
 // pipe copies from src to dst until either fails, dropping bytes while
