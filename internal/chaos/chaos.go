@@ -265,6 +265,28 @@ func (c *controller) stop(n *node, sig syscall.Signal) {
 	c.mu.Unlock()
 }
 
+// serverLog returns the path of the primary's log: pglocal writes it
+// next to the data directory.
+func (c *controller) serverLog() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var data string
+	if err := c.admin.QueryRowContext(ctx, "SHOW data_directory").Scan(&data); err != nil {
+		return ""
+	}
+	return filepath.Join(filepath.Dir(data), "server.log")
+}
+
+// tail returns the last n lines of a file, indented.
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "        " + strings.Join(lines, "\n        ")
+}
+
 // stacks returns the goroutine dump in a node's stderr, cut to the frames
 // of this module, the driver and database/sql, at most 60 lines.
 func stacks(path string) string {
@@ -312,9 +334,16 @@ func (c *controller) inject() {
 			kind := serverKinds[nextServer%len(serverKinds)]
 			nextServer++
 			f := fault{Kind: kind, At: time.Now()}
+			logPath := c.serverLog() // before a failover changes the primary
 			err := c.serverFault(kind)
 			f.Till = time.Now()
 			fmt.Fprintf(c.cfg.Log, "chaos: %s %s, %v until the primary took queries again\n", stamp(f.At), kind, f.Till.Sub(f.At).Round(time.Millisecond))
+			if f.Till.Sub(f.At) > 10*time.Second {
+				c.mu.Lock()
+				c.stuck = append(c.stuck, fmt.Sprintf("the primary took queries again only %v after the %s at %s; its log then:\n%s",
+					f.Till.Sub(f.At).Round(time.Millisecond), kind, stamp(f.At), tail(logPath, 30)))
+				c.mu.Unlock()
+			}
 			if err != nil {
 				fmt.Fprintf(c.cfg.Log, "chaos: %s: %v\n", kind, err)
 				if kind == Failover {

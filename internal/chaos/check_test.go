@@ -88,3 +88,17 @@ func TestStacks(t *testing.T) {
 		t.Errorf("stacks kept a line of no interest:\n%s", got)
 	}
 }
+
+// TestServerDown: only server faults count, clipped to the interval.
+func TestServerDown(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	faults := []fault{
+		{Kind: CrashReset, At: at(500), Till: at(1500)},
+		{Kind: Partition, Node: "n1", At: at(0), Till: at(3000)},
+		{Kind: RestartFast, At: at(2500), Till: at(4000)},
+	}
+	if got, want := serverDown(faults, at(1000), at(3000)), 1000*time.Millisecond; got != want {
+		t.Fatalf("serverDown = %v, want %v (500ms of the reset, 500ms of the restart)", got, want)
+	}
+}
