@@ -1,10 +1,13 @@
 // Command chaos runs N nodes of a real program that holds one PostgreSQL
 // lock, injects faults at random for a while, and checks the nodes' own
 // records: see package internal/chaos. It exits 1 if it found an overlap
-// outside the documented windows, a leaked lock or a lost record.
+// outside the documented windows, a fencing-token inversion outside them,
+// a leaked lock, an unreadable record or a leaderless interval over 40s
+// while the primary took queries.
 //
-//	make chaos                       # 5 nodes, 10 minutes
-//	go run ./internal/chaos/cmd/chaos -nodes 5 -duration 2m
+//	make chaos                       # 5 nodes, 10 minutes, a server fault every 20s
+//	make chaos CHAOS_FLAGS='-duration 8m -every 200ms'
+//	go run ./internal/chaos/cmd/chaos -nodes 5 -duration 2m -server-every 10s
 package main
 
 import (
