@@ -20,6 +20,10 @@ type Proxy struct {
 	target atomic.Pointer[string]
 
 	dropping atomic.Bool
+	mu       sync.Mutex
+	heal     chan struct{} // closed by Restore; nil while the network works
+	closed   chan struct{} // closed by Close
+	once     sync.Once
 	conns    conns
 	wg       sync.WaitGroup
 }
@@ -30,7 +34,7 @@ func Start(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln}
+	p := &Proxy{ln: ln, closed: make(chan struct{})}
 	p.target.Store(&target)
 	p.wg.Add(1)
 	go p.accept()
@@ -42,10 +46,36 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Drop makes the network silent: from now on, bytes are read from both
 // sides and thrown away. Connections stay open, as over a real partition.
-func (p *Proxy) Drop() { p.dropping.Store(true) }
+func (p *Proxy) Drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.heal == nil {
+		p.heal = make(chan struct{})
+	}
+	p.dropping.Store(true)
+}
 
 // Restore forwards bytes again (those dropped meanwhile are gone).
-func (p *Proxy) Restore() { p.dropping.Store(false) }
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dropping.Store(false)
+	if p.heal != nil {
+		close(p.heal)
+		p.heal = nil
+	}
+}
+
+// healed returns a channel closed when the partition heals, or nil when
+// the network works.
+func (p *Proxy) healed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.heal == nil {
+		return nil
+	}
+	return p.heal
+}
 
 func (p *Proxy) isDropping() bool { return p.dropping.Load() }
 
@@ -61,6 +91,7 @@ func (p *Proxy) Retarget(target string) {
 // Close stops listening, closes every connection and waits for the
 // proxy's goroutines to end.
 func (p *Proxy) Close() error {
+	p.once.Do(func() { close(p.closed) })
 	err := p.ln.Close()
 	p.conns.closeAll()
 	p.wg.Wait()
@@ -139,8 +170,20 @@ const dialTimeout = 10 * time.Second
 
 // connect dials the target for client and relays between them; the dial
 // is not in the accept loop, so that a slow one delays no other client.
+// While the network is silent it does not dial at all, as no connection
+// attempt crosses a real partition: a server that accepted one would wait
+// for its startup message (PostgreSQL: authentication_timeout, 60s), and a
+// crash-reset waits for every such child before it recovers.
 func (p *Proxy) connect(client net.Conn) {
 	defer p.wg.Done()
+	if healed := p.healed(); healed != nil {
+		select {
+		case <-healed:
+		case <-p.closed:
+			p.conns.close(client)
+			return
+		}
+	}
 	server, err := net.DialTimeout("tcp", *p.target.Load(), dialTimeout)
 	if err != nil {
 		p.conns.close(client)

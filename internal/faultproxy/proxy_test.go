@@ -144,3 +144,38 @@ func TestDropAndRestore(t *testing.T) {
 		t.Fatalf("after Restore: %q, %v; want \"a back\"", got, err)
 	}
 }
+
+// TestDropHoldsNewConnections: a connection made during a partition does
+// not reach the server until the partition heals.
+func TestDropHoldsNewConnections(t *testing.T) {
+	a := startServer(t, "a")
+	p, err := faultproxy.Start(a.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	p.Drop()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	_ = c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := io.WriteString(c, "early\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.ReadString('\n'); err == nil {
+		t.Fatalf("a connection made during a partition was answered: %q", got)
+	}
+	a.mu.Lock()
+	reached := len(a.cs)
+	a.mu.Unlock()
+	if reached != 0 {
+		t.Fatalf("%d connections reached the server during the partition", reached)
+	}
+	p.Restore()
+	if got, err := ask(t, c, r, "late"); err != nil || got != "a early" {
+		t.Fatalf("after Restore: %q, %v; want the line sent during the partition, answered", got, err)
+	}
+}
