@@ -39,13 +39,18 @@ core-deps:
 vet:
 	$(GO) vet ./...
 
-# chaos runs 5 nodes for 10 minutes under random faults (SIGKILL, SIGSTOP,
-# partitions, pg_terminate_backend, server crashes) and checks their records.
+# chaos runs 5 nodes for 10 minutes under random faults (SIGKILL, SIGTERM,
+# SIGSTOP, partitions, pg_terminate_backend; and every 20s a server fault:
+# restart immediate or fast, crash-reset, standby promotion) and checks
+# their records. CHAOS_FLAGS overrides the length and pace, e.g.
+# make chaos CHAOS_FLAGS='-duration 5m -every 150ms'.
+CHAOS_FLAGS ?= -duration 10m
 chaos:
-	$(GO) run ./internal/chaos/cmd/chaos -nodes 5 -duration 10m
+	$(GO) run ./internal/chaos/cmd/chaos -nodes 5 $(CHAOS_FLAGS)
 
 # bench measures takeovers side by side with a raw lock and etcd (bench/ has
-# its own go.mod); it writes bench/results.json and bench/takeover.png.
+# its own go.mod), against a server with fsync on as in production; it
+# writes bench/results.json and bench/takeover.png.
 bench:
 	cd bench && $(GO) run ./cmd/takeover -n 20 -n-slow 5 -md RESULTS.tables.md
 	cd bench && $(GO) run ./cmd/many -names 1000 -n 10 -plain 100 -md MANY.md

@@ -13,19 +13,21 @@ import (
 
 func TestMain(m *testing.M) {
 	if id := os.Getenv(chaos.NodeEnv); id != "" {
-		os.Exit(chaos.Node(id, os.Getenv("CHAOS_URL"), os.Getenv("CHAOS_LOCK"), os.Getenv("CHAOS_RECORD")))
+		os.Exit(chaos.Node(id, os.Getenv("CHAOS_DRIVER"), os.Getenv("CHAOS_URL"), os.Getenv("CHAOS_LOCK"), os.Getenv("CHAOS_RECORD")))
 	}
 	goleak.VerifyTestMain(pglocal.Main(m))
 }
 
-// TestChaos is a short version of make chaos: every kind of fault, and the
-// nodes' records must show nothing the invariant rules out.
+// TestChaos is a short version of make chaos: every kind of fault, each
+// server fault at least once, and the nodes' records must show nothing the
+// invariant rules out.
 func TestChaos(t *testing.T) {
 	pglocal.Shared(t) // skip or fail as the environment says
 	if os.Getenv(pglocal.EnvURL) != "" {
 		t.Skip("chaos crashes its server: it needs local PostgreSQL binaries")
 	}
-	rep, err := chaos.Run(chaos.Config{Nodes: 3, Duration: 25 * time.Second, Every: 250 * time.Millisecond})
+	rep, err := chaos.Run(chaos.Config{Nodes: 3, Duration: 25 * time.Second, Every: 250 * time.Millisecond,
+		ServerEvery: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,5 +41,10 @@ func TestChaos(t *testing.T) {
 	}
 	if total < 30 || rep.Takeovers < 10 {
 		t.Fatalf("%d faults and %d takeovers: too few to mean anything", total, rep.Takeovers)
+	}
+	for _, k := range []string{chaos.RestartImmediate, chaos.RestartFast, chaos.CrashReset, chaos.Failover} {
+		if rep.Faults[k] == 0 {
+			t.Errorf("no %s in the run", k)
+		}
 	}
 }

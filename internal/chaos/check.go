@@ -29,24 +29,35 @@ type Report struct {
 	Latency               map[string][]time.Duration // fault on the holder → next run started elsewhere, per kind
 	Overlaps              []string                   // unexplained: the invariant is broken
 	Windows               map[string]int             // overlaps explained by a documented window, per cause
-	WorstWindow           time.Duration
-	LongGaps              []string // leaderless intervals beyond the bound
+	WorstWindow           map[string]time.Duration   // the longest of them, per cause
+	LateStarts            int                        // terminate windows where the terminated node started second
+	WorstLateStart        time.Duration              // (its grant was read after the terminate)
+	LongGaps              []string                   // leaderless intervals beyond the bound
 	LongestGap            time.Duration
-	TokenInversions       int // runs whose token is not above the previous run's
-	UnexplainedInversions int // of which overlapped outside a documented window
-	Leaked                int // sessions holding the lock after all nodes stopped
-	Records               int // record lines read
-	BadLines              int // record lines that did not parse
+	LongestLive           time.Duration // of which the primary took queries (liveness: ≤ leadAgain)
+	TokenInversions       int           // runs whose token is not above the previous run's
+	UnexplainedInversions int           // of which overlapped outside a documented window
+	Leaked                int           // sessions holding the lock after all nodes stopped
+	Stuck                 []string      // nodes that did not exit within stopTimeout of a signal, with their goroutines
+	Records               int           // record lines read
+	BadLines              int           // record lines that did not parse
 }
 
-// gapBound is the longest leaderless interval the settings allow: a frozen
-// or partitioned holder keeps the lock for SessionTimeout; a restarted
-// server takes a moment more to accept the nodes again.
+// gapBound is the longest leaderless interval the settings allow after a
+// fault on a node: a frozen or partitioned holder keeps the lock for
+// SessionTimeout, and a moment more to reconnect. Longer gaps are listed
+// with the faults around them (several faults at once add up).
 const gapBound = 2200*time.Millisecond + 2*time.Second
+
+// leadAgain is the liveness bound: a leaderless interval longer than this,
+// whatever the faults, is a failure — not counting the time a server fault
+// kept the primary from taking queries (a server that is down for a minute
+// is an outage of the server, not of the locker).
+const leadAgain = 40 * time.Second
 
 func check(c *controller, leaked int) (*Report, error) {
 	r := &Report{Faults: map[string]int{}, LeaderFaults: map[string]int{}, Latency: map[string][]time.Duration{},
-		Windows: map[string]int{}, Leaked: leaked}
+		Windows: map[string]int{}, WorstWindow: map[string]time.Duration{}, Leaked: leaked}
 	var runs []run
 	for _, n := range c.nodes {
 		rs, lines, bad, err := readRecord(filepath.Join(c.dir, n.id+".rec"), n.id)
@@ -80,15 +91,17 @@ func check(c *controller, leaked int) (*Report, error) {
 				continue
 			}
 			d := minTime(a.end, b.end).Sub(b.start)
-			cause := explain(a, b, faults)
+			cause, late := explain(a, b, faults)
 			if cause == "" {
 				r.Overlaps = append(r.Overlaps, fmt.Sprintf("%s (run from %s to %s, lost: %q) still ran %v after %s started at %s\n%s",
 					a.node, stamp(a.start), stamp(a.end), a.lost, d, b.node, stamp(b.start), around(faults, a.start.Add(-5*time.Second), a.end)))
 				continue
 			}
 			r.Windows[cause]++
-			if d > r.WorstWindow {
-				r.WorstWindow = d
+			r.WorstWindow[cause] = max(r.WorstWindow[cause], d)
+			if late {
+				r.LateStarts++
+				r.WorstLateStart = max(r.WorstLateStart, d)
 			}
 		}
 	}
@@ -101,6 +114,9 @@ func check(c *controller, leaked int) (*Report, error) {
 			if gap > r.LongestGap {
 				r.LongestGap = gap
 			}
+			// Without a server there is no leader to be had: liveness
+			// counts the time the primary took queries.
+			r.LongestLive = max(r.LongestLive, gap-serverDown(faults, covered, x.start))
 			if gap > gapBound {
 				r.LongGaps = append(r.LongGaps, fmt.Sprintf("%v without a leader from %s\n%s",
 					gap.Round(time.Millisecond), stamp(covered), around(faults, covered.Add(-5*time.Second), x.start)))
@@ -120,7 +136,7 @@ func check(c *controller, leaked int) (*Report, error) {
 			continue
 		}
 		r.TokenInversions++
-		if x.start.Before(p.end) && explain(p, x, faults) == "" {
+		if cause, _ := explain(p, x, faults); x.start.Before(p.end) && cause == "" {
 			r.UnexplainedInversions++
 		}
 	}
@@ -139,10 +155,10 @@ func check(c *controller, leaked int) (*Report, error) {
 		}
 	}
 	for _, f := range faults {
-		if f.Kind == Restart {
+		if f.Node == "" { // a server fault: every lock was freed
 			for _, x := range runs {
 				if x.start.After(f.Till) {
-					r.Latency[Restart] = append(r.Latency[Restart], x.start.Sub(f.At))
+					r.Latency[f.Kind] = append(r.Latency[f.Kind], x.start.Sub(f.At))
 					break
 				}
 			}
@@ -151,43 +167,92 @@ func check(c *controller, leaked int) (*Report, error) {
 	return r, nil
 }
 
-// explain names the documented window that lets a's work overlap b's, or
-// returns "". Each window has a precise shape:
+// The two documented windows, as the locker/postgres package doc names them.
+const (
+	WindowFreeze    = "freeze"    // a process paused longer than the server waits for it
+	WindowTerminate = "terminate" // an operator's pg_terminate_backend: the session freed at once
+)
+
+// explain names the documented window that lets a's work overlap b's (a
+// started first), or returns "". Each window has a precise shape:
 //
-//   - paused process: b started while a was frozen (the server ended a's
-//     silent session), and a's work stopped soon after a resumed;
-//   - pg_terminate_backend, server crash: the server freed the lock of one
-//     of them at once — of the one that ran first, or of one whose grant
-//     was made before and read after (it was paused in between) — the
-//     other started after that, and the first one's work stopped soon
-//     after, when a heartbeat failed.
+//   - freeze: one of them was frozen and the other started during the
+//     freeze — no sooner than LossTimeout + Grace - a heartbeat into it
+//     (the server frees a silent session only after SessionTimeout, and a
+//     restarted one grants only after its quarantine) unless the frozen
+//     node's session was terminated — and the frozen one's work stopped
+//     soon after it resumed. The frozen one may have started first, or
+//     started second, on resume, on a grant it read before the freeze;
+//   - terminate: an operator freed the lock of one of them at once — of the
+//     one that ran first, or of one whose grant was made before and read
+//     after — the other started after that, and the first one's work
+//     stopped soon after, not counting the time its process was frozen.
 //
 // "Soon" is a heartbeat, the loss timeout and a margin for scheduling.
-func explain(a, b run, faults []fault) string {
+// Nothing else explains an overlap: a server restart, crash-reset or
+// failover frees every lock, and the locker must not grant again before
+// every holder from before has stopped. late reports a terminate window
+// whose terminated node started second.
+func explain(a, b run, faults []fault) (cause string, late bool) {
 	notice := heartbeat + lossTimeout + 300*time.Millisecond
+	// The soonest the server may let another node in after a holder froze:
+	// it frees a silent session after SessionTimeout, and after a server
+	// fault grants only once it has been up for LossTimeout + Grace (the
+	// holder may have frozen up to a heartbeat after the fault, before it
+	// could notice).
+	freedAfter := lossTimeout + grace - heartbeat
+	terminated := func(node string, from, to time.Time) bool {
+		for _, f := range faults {
+			if f.Kind == Terminate && f.Node == node && !f.At.Before(from) && f.At.Before(to) {
+				return true
+			}
+		}
+		return false
+	}
+	frozenFor := func(node string, from, to time.Time) (d time.Duration) {
+		for _, f := range faults {
+			if f.Kind == Freeze && f.Node == node && f.Till.After(from) && f.At.Before(to) {
+				d += minTime(f.Till, to).Sub(maxTime(f.At, from))
+			}
+		}
+		return d
+	}
+	pairs := [][2]run{{a, b}, {b, a}}
 	for _, f := range faults {
 		switch f.Kind {
 		case Freeze:
-			if f.Node == a.node && !b.start.Before(f.At) && b.start.Before(f.Till) && a.end.Before(f.Till.Add(notice)) {
-				return "paused process"
-			}
-		case Terminate:
-			for _, p := range [][2]run{{a, b}, {b, a}} {
-				freed, other := p[0], p[1]
-				if f.Node == freed.node && !other.start.Before(f.At) && freed.end.Before(f.Till.Add(notice)) {
-					return "pg_terminate_backend"
+			for i, p := range pairs {
+				frozen, other := p[0], p[1]
+				if f.Node != frozen.node || other.start.Before(f.At) || !other.start.Before(f.Till) ||
+					!frozen.end.Before(f.Till.Add(notice)) || i == 1 && frozen.start.Before(f.Till) {
+					continue
+				}
+				if !other.start.Before(f.At.Add(freedAfter)) || terminated(frozen.node, f.At.Add(-notice), other.start) {
+					return WindowFreeze, false
 				}
 			}
-		case Restart:
-			for _, p := range [][2]run{{a, b}, {b, a}} {
+		case Terminate:
+			for i, p := range pairs {
 				freed, other := p[0], p[1]
-				if !other.start.Before(f.At) && freed.end.Before(f.Till.Add(notice)) {
-					return "server crash"
+				if f.Node == freed.node && !other.start.Before(f.At) &&
+					freed.end.Before(f.Till.Add(notice+frozenFor(freed.node, f.At, freed.end))) {
+					return WindowTerminate, i == 1
 				}
 			}
 		}
 	}
-	return ""
+	return "", false
+}
+
+// serverDown is how long, between from and to, a server fault kept the
+// primary from taking queries.
+func serverDown(faults []fault, from, to time.Time) (d time.Duration) {
+	for _, f := range faults {
+		if f.Node == "" && f.Till.After(from) && f.At.Before(to) {
+			d += minTime(f.Till, to).Sub(maxTime(f.At, from))
+		}
+	}
+	return d
 }
 
 func stamp(t time.Time) string { return t.Format("15:04:05.000") }
@@ -206,6 +271,13 @@ func around(faults []fault, from, to time.Time) string {
 		fmt.Fprintf(&b, "      %s %-9s %-7s until %s (holder: %v)\n", stamp(f.At), f.Kind, node, stamp(f.Till), f.Leader)
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -278,7 +350,7 @@ func readRecord(path, node string) (runs []run, lines, bad int, err error) {
 func (r *Report) String() string {
 	var b strings.Builder
 	total, onLeader := 0, 0
-	kinds := []string{Kill, Term, Freeze, Partition, Terminate, Restart}
+	kinds := append([]string{Kill, Term, Freeze, Partition, Terminate}, serverKinds...)
 	for _, k := range kinds {
 		total += r.Faults[k]
 		onLeader += r.LeaderFaults[k]
@@ -286,26 +358,35 @@ func (r *Report) String() string {
 	fmt.Fprintf(&b, "faults injected: %d (%d on the holder)\n", total, onLeader)
 	for _, k := range kinds {
 		ls := r.Latency[k]
-		fmt.Fprintf(&b, "  %-10s %4d (%3d on the holder)  takeover %s\n", k, r.Faults[k], r.LeaderFaults[k], quantiles(ls))
+		fmt.Fprintf(&b, "  %-17s %4d (%3d on the holder)  takeover %s\n", k, r.Faults[k], r.LeaderFaults[k], quantiles(ls))
 	}
 	fmt.Fprintf(&b, "runs of the work (takeovers): %d; record lines: %d, unreadable: %d\n", r.Takeovers, r.Records, r.BadLines)
-	fmt.Fprintf(&b, "overlaps in documented windows: %v (worst %v)\n", r.Windows, r.WorstWindow.Round(time.Millisecond))
+	fmt.Fprintf(&b, "overlaps in documented windows: freeze %d (worst %v), terminate %d (worst %v; the terminated node started second: %d, worst %v)\n",
+		r.Windows[WindowFreeze], r.WorstWindow[WindowFreeze].Round(time.Millisecond),
+		r.Windows[WindowTerminate], r.WorstWindow[WindowTerminate].Round(time.Millisecond),
+		r.LateStarts, r.WorstLateStart.Round(time.Millisecond))
 	fmt.Fprintf(&b, "overlaps outside them: %d\n", len(r.Overlaps))
 	for _, o := range r.Overlaps {
 		fmt.Fprintf(&b, "  %s\n", o)
 	}
-	fmt.Fprintf(&b, "longest leaderless interval: %v; beyond the bound (%v): %d\n", r.LongestGap.Round(time.Millisecond), gapBound, len(r.LongGaps))
+	fmt.Fprintf(&b, "longest leaderless interval: %v, of which the primary took queries: %v (must be ≤ %v); beyond %v: %d\n",
+		r.LongestGap.Round(time.Millisecond), r.LongestLive.Round(time.Millisecond), leadAgain, gapBound, len(r.LongGaps))
 	for _, g := range r.LongGaps {
 		fmt.Fprintf(&b, "  %s\n", g)
 	}
 	fmt.Fprintf(&b, "fencing token inversions: %d, outside the documented windows: %d\n", r.TokenInversions, r.UnexplainedInversions)
 	fmt.Fprintf(&b, "locks leaked after every node stopped: %d\n", r.Leaked)
+	fmt.Fprintf(&b, "nodes that did not exit within %v of a signal, server faults that took over 10s: %d\n", stopTimeout, len(r.Stuck))
+	for _, s := range r.Stuck {
+		fmt.Fprintf(&b, "  %s\n", s)
+	}
 	return b.String()
 }
 
 // OK reports whether the run found nothing the invariant rules out.
 func (r *Report) OK() bool {
-	return len(r.Overlaps) == 0 && r.Leaked == 0 && r.BadLines == 0 && r.UnexplainedInversions == 0
+	return len(r.Overlaps) == 0 && r.Leaked == 0 && r.BadLines == 0 && r.UnexplainedInversions == 0 &&
+		r.LongestLive <= leadAgain
 }
 
 func quantiles(ds []time.Duration) string {

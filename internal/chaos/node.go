@@ -9,7 +9,8 @@ import (
 	"syscall"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // the nodes' driver
+	_ "github.com/jackc/pgx/v5/stdlib" // the nodes' drivers: every other node uses each
+	_ "github.com/lib/pq"
 
 	"github.com/onlyone-go/onlyone/locker/postgres"
 	"github.com/onlyone-go/onlyone/supervise"
@@ -31,11 +32,12 @@ var (
 // a run that left no "stop" (its process was killed) is its last beat.
 const beatEvery = 10 * time.Millisecond
 
-// Node runs one node: it holds the lock when it can, and while it does its
+// Node runs one node, on the database/sql driver named ("pgx" or
+// "postgres"): it holds the lock when it can, and while it does its
 // child appends to the record file, with plain writes that survive the
 // process being killed: "start NANOS TOKEN", "beat NANOS" every 10ms,
 // "lost NANOS REASON" when the lock is lost, and "stop NANOS" when it stops.
-func Node(id, url, lockName, recordPath string) int {
+func Node(id, driver, url, lockName, recordPath string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	rec, err := os.OpenFile(recordPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -44,7 +46,7 @@ func Node(id, url, lockName, recordPath string) int {
 		return 1
 	}
 	defer rec.Close()
-	db, err := sql.Open("pgx", url)
+	db, err := sql.Open(driver, url)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "node:", err)
 		return 1

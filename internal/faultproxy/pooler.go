@@ -84,7 +84,7 @@ func (s *session) current() net.Conn {
 
 // serve relays one client, moving it to a new backend when asked.
 func (p *Pooler) serve(client net.Conn) error {
-	defer client.Close()
+	defer p.conns.close(client)
 	// Startup: answer SSL and GSS requests with "no", keep the startup
 	// message to replay on every new backend.
 	var startup []byte

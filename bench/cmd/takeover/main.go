@@ -50,9 +50,21 @@ func main() {
 	pngOut := flag.String("png", "takeover.png", "where to draw the takeover distributions")
 	idle := flag.Duration("idle", 10*time.Second, "how long to measure idle load")
 	proxyAll := flag.Bool("proxy-all", false, "put the TCP proxy between contenders and server for every fault, not only partitions")
+	fsync := flag.Bool("fsync", true, "run the server with fsync on, as in production (off: as the tests run it)")
 	flag.Parse()
 
-	if err := run(split(*systems), split(*faults), *n, *nSlow, *wait, *idle, *proxyAll, *jsonOut, *mdOut, *pngOut); err != nil {
+	cleanup := func() {}
+	if *fsync {
+		var err error
+		if cleanup, err = withFsync(); err != nil {
+			fmt.Fprintln(os.Stderr, "takeover:", err)
+			os.Exit(1)
+		}
+	}
+
+	err := run(split(*systems), split(*faults), *n, *nSlow, *wait, *idle, *proxyAll, *jsonOut, *mdOut, *pngOut)
+	cleanup()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "takeover:", err)
 		os.Exit(1)
 	}
@@ -156,10 +168,11 @@ func run(systems, faults []string, n, nSlow int, wait, idle time.Duration, proxy
 
 // machine describes where the run happened.
 func machine(db *sql.DB) string {
-	var pg string
+	var pg, fsync string
 	_ = db.QueryRow("SHOW server_version").Scan(&pg)
+	_ = db.QueryRow("SHOW fsync").Scan(&fsync) // the server's word, not the flag's
 	host, _ := os.Hostname()
-	return fmt.Sprintf("%s, %d CPUs, %s/%s, Go %s, PostgreSQL %s (fsync off, loopback)", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), pg)
+	return fmt.Sprintf("%s, %d CPUs, %s/%s, Go %s, PostgreSQL %s (fsync %s, loopback)", host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), pg, fsync)
 }
 
 // waitFor is how long to wait for a takeover in sys: a raw lock has no
