@@ -4,15 +4,19 @@
 package pgtest
 
 import (
+	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"sync"
 	"testing"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver
 	_ "github.com/lib/pq"              // the "postgres" driver
 
 	"github.com/onlyone-go/onlyone/internal/pglocal"
+	"github.com/onlyone-go/onlyone/locker/postgres"
 )
 
 // Drivers are the database/sql drivers every test runs with.
@@ -33,6 +37,10 @@ func URL(t testing.TB) string {
 		t.Fatal(err)
 	}
 	defer admin.Close()
+	warm.Do(func() { warmErr = waitOutQuarantine(admin) })
+	if warmErr != nil {
+		t.Fatal(warmErr)
+	}
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	role, password := "adapter_"+hex.EncodeToString(b[:]), hex.EncodeToString(b[:])+"-pw"
@@ -61,4 +69,26 @@ func Open(t testing.TB, driver string) *sql.DB {
 		t.Fatalf("the test role is a superuser (%v) or cannot log in: %v", super, err)
 	}
 	return db
+}
+
+var (
+	warm    sync.Once
+	warmErr error
+)
+
+// waitOutQuarantine takes and releases a lock with the default settings
+// once per test binary. A server started moments ago grants no lock until
+// it has been up for SessionTimeout (the restart quarantine of package
+// postgres): tests whose own deadlines are shorter than that start after it.
+func waitOutQuarantine(db *sql.DB) error {
+	l, err := postgres.New(db, "pgtest-warm-up")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.Acquire(ctx); err != nil {
+		return err
+	}
+	return l.Release(ctx)
 }
