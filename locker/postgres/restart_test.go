@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"database/sql"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -26,7 +27,17 @@ var restartSettings = []postgres.Option{
 
 // childStop is how long the replicas' child takes to stop once asked:
 // most of the Grace.
-const childStop = 800 * time.Millisecond
+var childStop = 800 * time.Millisecond
+
+// restartAtDefaults switches TestRestartNoOverlap to the library's
+// defaults (Grace 5s, SessionTimeout 10s) and a child that needs 2s to
+// stop, as in production: ONLYONE_RESTART_DEFAULTS=1 (a few minutes, so
+// not in make test).
+func restartAtDefaults() {
+	if os.Getenv("ONLYONE_RESTART_DEFAULTS") == "1" {
+		restartSettings, childStop = nil, 2*time.Second
+	}
+}
 
 // A ledger records when the replicas' children ran, and every overlap.
 type ledger struct {
@@ -75,6 +86,7 @@ func (g *ledger) lastStart() time.Time {
 // without the restart quarantine the other replica is granted the lock
 // at once, while the old child is still stopping.
 func TestRestartNoOverlap(t *testing.T) {
+	restartAtDefaults()
 	srv := ownServer(t)
 	faults := []struct {
 		name  string
