@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/onlyone-go/onlyone/bench/internal/pgfsync"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -66,7 +67,7 @@ func run(nodes, names, trials, plain int, idle time.Duration, mdOut, pngOut stri
 	if err != nil {
 		return err
 	}
-	undo, err := withFsync()
+	undo, err := pgfsync.On()
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/onlyone-go/onlyone/bench/internal/pgfsync"
 	"os"
 	"runtime"
 	"strings"
@@ -56,7 +57,7 @@ func main() {
 	cleanup := func() {}
 	if *fsync {
 		var err error
-		if cleanup, err = withFsync(); err != nil {
+		if cleanup, err = pgfsync.On(); err != nil {
 			fmt.Fprintln(os.Stderr, "takeover:", err)
 			os.Exit(1)
 		}

@@ -1,4 +1,6 @@
-package main
+// Package pgfsync makes the PostgreSQL servers internal/pglocal starts
+// run with fsync on, for the benchmarks.
+package pgfsync
 
 import (
 	"errors"
@@ -9,7 +11,7 @@ import (
 	"sort"
 )
 
-// withFsync makes the PostgreSQL servers that internal/pglocal starts from
+// On makes the PostgreSQL servers that internal/pglocal starts from
 // now on run with fsync on, as in production: the fencing token's WAL
 // flush is on the takeover path, and costs more when it really reaches the
 // disk. pglocal turns fsync off (right for tests, which only need speed);
@@ -17,7 +19,7 @@ import (
 // with an initdb and a postgres that run the real ones, the latter with
 // "-c fsync=on" after pglocal's settings (the last setting wins), changes
 // that and nothing else. The returned func removes the directory.
-func withFsync() (func(), error) {
+func On() (func(), error) {
 	bin, err := postgresBinDir()
 	if err != nil {
 		return nil, err
