@@ -18,7 +18,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/onlyone-go/onlyone/bench/internal/pgfsync"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -27,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/onlyone-go/onlyone/bench/internal/pgfsync"
 	"github.com/onlyone-go/onlyone/internal/pglocal"
 )
 

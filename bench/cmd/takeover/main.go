@@ -23,12 +23,12 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/onlyone-go/onlyone/bench/internal/pgfsync"
 	"os"
 	"runtime"
 	"strings"
 	"time"
 
+	"github.com/onlyone-go/onlyone/bench/internal/pgfsync"
 	"github.com/onlyone-go/onlyone/internal/pglocal"
 )
 
