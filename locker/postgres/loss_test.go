@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,21 +26,7 @@ func TestLossKeepsLockForGrace(t *testing.T) {
 		}
 		granted := acquireAsync(t, waiter)
 		eventually(t, 5*time.Second, "the waiter waits", func() bool { return e.waiting(t, holder.Key()) })
-		pids := e.holders(t, holder.Key())
-		if len(pids) != 1 {
-			t.Fatalf("holders: %v, want one", pids)
-		}
-		backend := pids[0]
-		if err := syscall.Kill(backend, syscall.SIGSTOP); err != nil {
-			t.Skipf("skipping: cannot stop the server's backend %d: %v", backend, err)
-		}
-		resumed := false
-		resume := func() {
-			if !resumed {
-				resumed = true
-				_ = syscall.Kill(backend, syscall.SIGCONT)
-			}
-		}
+		resume := e.freezeHolder(t, holder.Key())
 		defer resume()
 		select {
 		case <-holder.Lost():
@@ -68,4 +55,21 @@ func TestLossKeepsLockForGrace(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// freezeHolder stops (SIGSTOP) the server backend that holds key, as a
+// stalled server or a network that delays without breaking would, and
+// returns the func that resumes it; calling it again does nothing.
+func (e *env) freezeHolder(t *testing.T, key int64) (resume func()) {
+	t.Helper()
+	pids := e.holders(t, key)
+	if len(pids) != 1 {
+		t.Fatalf("holders: %v, want one", pids)
+	}
+	backend := pids[0]
+	if err := syscall.Kill(backend, syscall.SIGSTOP); err != nil {
+		t.Skipf("skipping: cannot stop the server's backend %d: %v", backend, err)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { _ = syscall.Kill(backend, syscall.SIGCONT) }) }
 }

@@ -2,7 +2,6 @@ package postgres_test
 
 import (
 	"context"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,21 +28,7 @@ func TestSessionLossKeepsNamesForGrace(t *testing.T) {
 		waiter := e.locker(t, base+".c", quick...)
 		granted := acquireAsync(t, waiter)
 		eventually(t, 5*time.Second, "the waiter waits", func() bool { return e.waiting(t, waiter.Key()) })
-		pids := e.holders(t, waiter.Key())
-		if len(pids) != 1 {
-			t.Fatalf("holders: %v, want one", pids)
-		}
-		backend := pids[0]
-		if err := syscall.Kill(backend, syscall.SIGSTOP); err != nil {
-			t.Skipf("skipping: cannot stop the server's backend %d: %v", backend, err)
-		}
-		resumed := false
-		resume := func() {
-			if !resumed {
-				resumed = true
-				_ = syscall.Kill(backend, syscall.SIGCONT)
-			}
-		}
+		resume := e.freezeHolder(t, waiter.Key())
 		defer resume()
 		for _, l := range []locker.Locker{la, lc} {
 			select {
