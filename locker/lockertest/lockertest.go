@@ -35,7 +35,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -340,6 +339,9 @@ func testFreshLostPerHold(h *harness) {
 	h.mustRelease(l, "second hold")
 }
 
+// holdFor is how long each hold of MutualExclusion lasts at most.
+const holdFor = 5 * time.Millisecond
+
 func testMutualExclusion(h *harness) {
 	name := h.name(0)
 	var (
@@ -362,8 +364,12 @@ func testMutualExclusion(h *harness) {
 				for m := maxActive.Load(); n > m && !maxActive.CompareAndSwap(m, n); m = maxActive.Load() {
 				}
 				acquired.Add(1)
-				for y := 0; y < 3; y++ {
-					runtime.Gosched() // widen the window in which a second holder would show
+				// Hold for a while, so that a second holder, if the
+				// backend lets one in, shows up even when the machine is
+				// too busy to run the contenders side by side: until one
+				// does (no need to look further), or holdFor has passed.
+				for start := time.Now(); active.Load() < 2 && time.Since(start) < holdFor; {
+					time.Sleep(holdFor / 50)
 				}
 				active.Add(-1)
 				if err := l.Release(h.ctx); err != nil {
