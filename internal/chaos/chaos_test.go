@@ -26,7 +26,7 @@ func TestChaos(t *testing.T) {
 	if os.Getenv(pglocal.EnvURL) != "" {
 		t.Skip("chaos crashes its server: it needs local PostgreSQL binaries")
 	}
-	rep, err := chaos.Run(chaos.Config{Nodes: 3, Duration: 25 * time.Second, Every: 250 * time.Millisecond,
+	rep, err := chaos.Run(chaos.Config{Nodes: 3, Duration: 35 * time.Second, Every: 250 * time.Millisecond,
 		ServerEvery: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
