@@ -157,6 +157,20 @@ func (c *cluster) send(n int, cmd string) error {
 	return err
 }
 
+// startAll starts n nodes and waits, for at most 60s, until every one of
+// the names runs on one of them.
+func (c *cluster) startAll(n, names int) error {
+	for i := 0; i < n; i++ {
+		if _, err := c.start(); err != nil {
+			return err
+		}
+	}
+	if !c.waitFor(60*time.Second, func() bool { _, r := c.spreadLocked(); return r == names }) {
+		return fmt.Errorf("after 60s not every name ran: %v", c.counts())
+	}
+	return nil
+}
+
 // waitFor waits until cond holds (checked under c.mu after every event),
 // for at most d.
 func (c *cluster) waitFor(d time.Duration, cond func() bool) bool {

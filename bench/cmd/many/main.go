@@ -132,13 +132,8 @@ func sessions(r *report, self, url string, admin *sql.DB, nodes, names, trials i
 	r.addf("## One Session per node")
 	r.addf("")
 	began := time.Now()
-	for i := 0; i < nodes; i++ {
-		if _, err := c.start(); err != nil {
-			return err
-		}
-	}
-	if !c.waitFor(60*time.Second, func() bool { _, n := c.spreadLocked(); return n == names }) {
-		return fmt.Errorf("after 60s not every name ran: %v", c.counts())
+	if err := c.startAll(nodes, names); err != nil {
+		return err
 	}
 	allRun := time.Since(began)
 	atStart := c.counts()
@@ -273,13 +268,8 @@ func plainLockers(r *report, self, url string, admin *sql.DB, nodes, names int, 
 	r.addf("%d nodes × %d names: each Locker pins a connection, held or waiting, so %d × 1,000 names would need %d connections (this server allows 400).", nodes, names, nodes, nodes*1000)
 	r.addf("")
 	began := time.Now()
-	for i := 0; i < nodes; i++ {
-		if _, err := c.start(); err != nil {
-			return err
-		}
-	}
-	if !c.waitFor(60*time.Second, func() bool { _, n := c.spreadLocked(); return n == names }) {
-		return fmt.Errorf("plain: after 60s not every name ran: %v", c.counts())
+	if err := c.startAll(nodes, names); err != nil {
+		return fmt.Errorf("plain: %w", err)
 	}
 	r.addf("| measure | figure |")
 	r.addf("|---|---|")
