@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -173,13 +174,46 @@ host replication all 127.0.0.1/32 trust
 	return os.WriteFile(filepath.Join(data, "pg_hba.conf"), []byte(hba), 0o600)
 }
 
+// freePort returns a loopback port that is free now, below the kernel's
+// range of ephemeral ports when it can. Restart binds the same port again,
+// and while the server is down a port in the ephemeral range can be given
+// to any process's outgoing connection: the postmaster then fails to start
+// ("Address already in use") and the restart with it.
 func freePort() (int, error) {
+	if lo := ephemeralLow(); lo > lowestPort+1000 {
+		for range 50 {
+			p := lowestPort + rand.IntN(lo-lowestPort)
+			if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p))); err == nil {
+				l.Close()
+				return p, nil
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// lowestPort is the lowest port freePort picks, above the well-known and
+// most registered services' ports.
+const lowestPort = 20000
+
+// ephemeralLow returns the first port of the kernel's ephemeral range, or
+// 0 when it cannot tell.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	lo, _ := strconv.Atoi(f[0])
+	return lo
 }
 
 // start starts the postmaster on ls.dir and waits until it takes queries.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -67,6 +69,16 @@ func TestRestartKeepsData(t *testing.T) {
 	if _, err := db.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS pglocal_restart (x int)"); err != nil {
 		t.Fatal(err)
 	}
+	// Restart binds the port again: while the server is down, a port in
+	// the kernel's ephemeral range may be given to some process's outgoing
+	// connection, and the restart would fail.
+	_, port, err := net.SplitHostPort(srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, lo := mustAtoi(t, port), ephemeralLow(t); p >= lo {
+		t.Fatalf("the server listens on port %d, in the ephemeral range (from %d)", p, lo)
+	}
 	if err := srv.Restart(true); err != nil {
 		t.Fatal(err)
 	}
@@ -86,4 +98,25 @@ func TestNotFoundSaysHowToGetOne(t *testing.T) {
 	if !errors.Is(pglocal.ErrNotFound, pglocal.ErrNotFound) || !strings.Contains(pglocal.ErrNotFound.Error(), pglocal.EnvURL) {
 		t.Fatalf("ErrNotFound = %q, want it to name %s", pglocal.ErrNotFound, pglocal.EnvURL)
 	}
+}
+
+// ephemeralLow returns the first port of the kernel's ephemeral range.
+func ephemeralLow(t *testing.T) int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Skip(err)
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		t.Fatal(err)
+	}
+	return lo
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
