@@ -45,6 +45,7 @@ type ledger struct {
 	running  int
 	overlaps int
 	starts   []time.Time
+	stops    []time.Time
 	started  chan struct{} // a child started (buffered)
 }
 
@@ -64,8 +65,18 @@ func (g *ledger) child(ctx context.Context) error {
 	time.Sleep(childStop) // the child's own work of stopping, not synchronisation
 	g.mu.Lock()
 	g.running--
+	g.stops = append(g.stops, time.Now())
 	g.mu.Unlock()
 	return ctx.Err()
+}
+
+// since returns the times ts as durations from t0.
+func since(t0 time.Time, ts []time.Time) []time.Duration {
+	d := make([]time.Duration, len(ts))
+	for i, t := range ts {
+		d[i] = t.Sub(t0).Round(time.Millisecond)
+	}
+	return d
 }
 
 // lastStart returns the time the last child started.
@@ -138,7 +149,8 @@ func TestRestartNoOverlap(t *testing.T) {
 				defer g.mu.Unlock()
 				t.Logf("%s: a child started again %v after the fault; overlaps %d", f.name, g.starts[len(g.starts)-1].Sub(faulted).Round(time.Millisecond), g.overlaps)
 				if g.overlaps != 0 {
-					t.Fatalf("%d overlaps: a child started while another still ran", g.overlaps)
+					t.Fatalf("%d overlaps: a child started while another still ran; from the fault, starts %v, stops %v",
+						g.overlaps, since(faulted, g.starts), since(faulted, g.stops))
 				}
 			})
 		}
