@@ -21,9 +21,16 @@ README_MODULES := examples/readme/gocron examples/readme/cron examples/readme/as
 # test runs every test of the core and of every module, PostgreSQL ones
 # included (they start a throwaway server when PostgreSQL binaries are
 # installed; see README.md), and the etcd backend's against a real etcd.
+# It runs them all even when one fails, keeps their output in TESTLOG, and
+# ends by printing the failures again, alone, where a log's tail shows
+# them.
+TESTLOG ?= $(CURDIR)/test.log
 test: vet vet-modules core-deps
-	$(GO) test -race -count=1 ./...
-	set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && $(GO) test -race -count=1 ./...); done
+	@{ $(GO) test -race -count=1 ./... 2>&1 || echo "make test: the core module failed"; } | tee $(TESTLOG)
+	@for m in $(MODULES); do echo "== $$m"; { (cd $$m && $(GO) test -race -count=1 ./... 2>&1) || echo "make test: module $$m failed"; }; done | tee -a $(TESTLOG)
+	@if grep -q '^make test: .* failed$$' $(TESTLOG); then \
+		echo "== make test failed; the failures again (the whole output is in $(TESTLOG)):"; \
+		awk -f internal/testlog/failures.awk $(TESTLOG); exit 1; fi
 
 # vet-modules vets every module of its own, bench and README's programs
 # included, and checks that their go.mod and go.sum are tidy.
