@@ -248,6 +248,11 @@ func (h *hold) flush() (err error, dead bool) {
 		_ = h.lockStmt.Close()
 	}()
 	if _, err := h.flushStmt.ExecContext(ctx, "fencing token for lock "+h.l.label); err != nil {
+		if sqlState(err) == "26000" { // invalid_sql_statement_name
+			// The statement prepared on this session is gone: a
+			// transaction-mode pooler gave the connection another backend.
+			return fmt.Errorf("making the fencing token durable: %w (%v)", ErrBackendChanged, err), false
+		}
 		return fmt.Errorf("making the fencing token durable: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
 	close(h.durable)
