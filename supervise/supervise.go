@@ -435,7 +435,9 @@ const (
 
 // lead runs child while l is held and returns when it has ended.
 func (s *Supervisor) lead(ctx context.Context, l locker.Locker, c settings, child func(context.Context) error) (end, error) {
-	cctx, cancel := context.WithCancel(withToken(ctx, l))
+	tctx, tokenRead := withToken(ctx, l)
+	defer tokenRead()
+	cctx, cancel := context.WithCancel(tctx)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- call(cctx, child) }()

@@ -301,7 +301,28 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	if err != nil {
 		return nil, time.Time{}, l.ctxErrorf(ctx, "acquire: preparing the lock statement: %w", err)
 	}
-	defer lock.Close()
+	// Closing a prepared statement is a round trip: after a grant, the
+	// hold closes it, off the takeover path.
+	keep := false
+	defer func() {
+		if !keep {
+			lock.Close()
+		}
+	}()
+	// The hold's first statement makes the token durable, and a
+	// supervised child's start waits for it (Token). Prepared now, before
+	// the wait, its parse and the catalog look-ups it needs are off the
+	// takeover path: after the grant it costs one round trip and the WAL
+	// flush.
+	flush, err := conn.PrepareContext(sctx, flushSQL)
+	if err != nil {
+		return nil, time.Time{}, l.ctxErrorf(ctx, "acquire: preparing the flush statement: %w", err)
+	}
+	defer func() {
+		if !keep {
+			flush.Close()
+		}
+	}()
 
 	// Wait in chunks: a statement waiting for a lock holds a snapshot,
 	// which holds back VACUUM everywhere; lock_timeout ends each chunk.
@@ -354,7 +375,8 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	if late := time.Since(granted); late > l.cfg.loss {
 		return nil, time.Time{}, l.errorf("acquire: %w: the grant was read %v after it was made (was this process paused?)", errStaleGrant, late.Round(time.Millisecond))
 	}
-	return newHold(l, conn, *b, uint64(token), granted), ready, nil
+	keep = true
+	return newHold(l, conn, flush, lock, *b, uint64(token), granted), ready, nil
 }
 
 // clamp returns d within [0, max].

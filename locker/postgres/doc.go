@@ -6,11 +6,18 @@
 // pg_advisory_lock(Key(name)) on it. Waiting is a blocking lock statement,
 // so when a holder's process dies the next waiter has the lock as soon as
 // the server notices — within milliseconds — and when a holder releases,
-// the hand-over is immediate. Measured on a loaded 2-core machine
-// (TestCrashTakeover, TestGracefulHandover; bench/RESULTS.md has the paired
-// benchmark): SIGKILL of the holder to the waiter's grant, p50 5.0ms pgx
-// and 3.6ms lib/pq against 3.1ms and 2.4ms for a raw pg_advisory_lock;
-// Release to the waiter's grant, p50 3.9–5.2ms.
+// the hand-over is immediate. Measured on a shared 2-core machine
+// (TestCrashTakeover, TestGracefulHandover, 20 trials per driver): SIGKILL
+// of the holder to the waiter's Acquire returning, p50 4.2ms pgx and 4.4ms
+// lib/pq against 1.6ms and 2.4ms for a raw pg_advisory_lock; Release to
+// the waiter's grant, p50 2.0–3.2ms. The paired benchmark
+// (bench/RESULTS.md, run 5: fsync on, under package supervise, to the
+// next child's start) gives 5.4ms pgx and 5.3ms lib/pq against 2.8ms for
+// a raw lock (1.9×), and 2.5ms for a graceful hand-over. Where the
+// difference goes (profiled there): the holder's backend, busy with its
+// heartbeat, notices that its client died only at its next connection
+// check (client_connection_check_interval, every 2ms) and then ends its
+// statement, and the lock statement reads pg_locks after the grant.
 //
 // # Guarantees
 //

@@ -19,12 +19,14 @@ import (
 // A hold is one acquisition: a pinned connection holding the lock, and the
 // heartbeat goroutine that owns the connection until the hold ends.
 type hold struct {
-	l       *Locker
-	sess    *run // the Session run whose names this hold carries; nil for a plain Locker
-	conn    *sql.Conn
-	backend backend // pid and start of the session
-	pid     int
-	token   uint64
+	l         *Locker
+	sess      *run // the Session run whose names this hold carries; nil for a plain Locker
+	conn      *sql.Conn
+	flushStmt *sql.Stmt // flushSQL, prepared on conn before the lock wait
+	lockStmt  *sql.Stmt // lockSQL, for flush to close
+	backend   backend   // pid and start of the session
+	pid       int
+	token     uint64
 
 	lost    chan struct{} // closed by end, once
 	durable chan struct{} // closed once the token is flushed to WAL
@@ -43,21 +45,23 @@ type hold struct {
 
 // newHold starts a hold on conn, whose lock was granted no later than
 // granted.
-func newHold(l *Locker, conn *sql.Conn, b backend, token uint64, granted time.Time) *hold {
+func newHold(l *Locker, conn *sql.Conn, flush, lock *sql.Stmt, b backend, token uint64, granted time.Time) *hold {
 	h := &hold{
-		l:        l,
-		sess:     l.sess,
-		conn:     conn,
-		backend:  b,
-		pid:      b.pid,
-		token:    token,
-		lost:     make(chan struct{}),
-		durable:  make(chan struct{}),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		beats:    make(chan struct{}, 1),
-		deadline: granted.Add(l.cfg.loss),
-		sent:     granted,
+		l:         l,
+		sess:      l.sess,
+		conn:      conn,
+		flushStmt: flush,
+		lockStmt:  lock,
+		backend:   b,
+		pid:       b.pid,
+		token:     token,
+		lost:      make(chan struct{}),
+		durable:   make(chan struct{}),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		beats:     make(chan struct{}, 1),
+		deadline:  granted.Add(l.cfg.loss),
+		sent:      granted,
 	}
 	// The loss timer does not wait for a heartbeat call to return: a
 	// driver may ignore deadlines on a silent network. It is set under
@@ -162,15 +166,20 @@ const heartbeatSQL = `SELECT pg_catalog.pg_backend_pid() FROM pg_catalog.pg_slee
 // cleans up. It owns h.conn.
 func (h *hold) heartbeat() {
 	defer close(h.done)
-	// The spare connection for Release is readied beside the heartbeats,
-	// so that a slow connect cannot delay the first of them.
-	spared := make(chan struct{})
-	go func() {
-		defer close(spared)
-		h.l.keepSpare()
-	}()
-	defer func() { <-spared }()
 	err, dead := h.flush()
+	// The spare connection for Release is readied beside the heartbeats,
+	// so that a slow connect cannot delay the first of them, and after the
+	// flush, which Token (and so a supervised child's start) waits for:
+	// opening a session costs the server a process, and the machine's
+	// cores are wanted on the takeover path at that moment.
+	spared := make(chan struct{})
+	go func(flushed bool) {
+		defer close(spared)
+		if flushed {
+			h.l.keepSpare()
+		}
+	}(err == nil)
+	defer func() { <-spared }()
 	for err == nil {
 		select {
 		case <-h.lost:
@@ -227,12 +236,23 @@ func (h *hold) finish() {
 // flush off the takeover path: Token waits for it instead.
 const flushSQL = `SELECT pg_catalog.pg_logical_emit_message(true, 'onlyone', $1)::text`
 
-// flush runs flushSQL, the hold's first statement, and then marks the
-// token durable. Its error and dead are as beat's.
+// flush runs flushSQL (prepared before the lock wait), the hold's first
+// statement, and then marks the token durable. Only then does it close the
+// hold's prepared statements, a round trip each. Its error and dead are as
+// beat's.
 func (h *hold) flush() (err error, dead bool) {
 	ctx, cancel := context.WithDeadline(context.Background(), h.lastSent().Add(h.l.cfg.loss+h.l.cfg.grace))
 	defer cancel()
-	if _, err := h.conn.ExecContext(ctx, flushSQL, "fencing token for lock "+h.l.label); err != nil {
+	defer func() {
+		_ = h.flushStmt.Close()
+		_ = h.lockStmt.Close()
+	}()
+	if _, err := h.flushStmt.ExecContext(ctx, "fencing token for lock "+h.l.label); err != nil {
+		if sqlState(err) == "26000" { // invalid_sql_statement_name
+			// The statement prepared on this session is gone: a
+			// transaction-mode pooler gave the connection another backend.
+			return fmt.Errorf("making the fencing token durable: %w (%v)", ErrBackendChanged, err), false
+		}
 		return fmt.Errorf("making the fencing token durable: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
 	close(h.durable)

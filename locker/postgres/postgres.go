@@ -118,8 +118,9 @@ func (l *Locker) SessionTimeout() time.Duration { return l.cfg.sessionTimeout }
 //
 // The flush follows the grant, so that Acquire returns without waiting
 // for the disk: Token waits for it (a millisecond or so) the first time it
-// is called in a hold, and at most until the hold is lost. Token returns
-// false when l does not hold the lock.
+// is called in a hold, and at most until the hold is lost. Package
+// supervise starts the child without waiting for it; supervise.Token
+// does. Token returns false when l does not hold the lock.
 func (l *Locker) Token() (uint64, bool) {
 	l.mu.Lock()
 	h := l.cur
