@@ -167,7 +167,9 @@ func (h *hold) heartbeat() {
 	spared := make(chan struct{})
 	go func() {
 		defer close(spared)
-		h.l.keepSpare()
+		if h.sess == nil { // a Session interrupts its heartbeat from its own second connection
+			h.l.keepSpare()
+		}
 	}()
 	defer func() { <-spared }()
 	err, dead := h.flush()

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -88,7 +89,10 @@ func TestSessionManyNames(t *testing.T) {
 		ctx := context.Background()
 		base := uniqueName(t)
 		const n = 50
-		a := newSession(t, e.db, append(quick, postgres.WithIdentity("session-a"), postgres.WithSpread(false))...)
+		// Every connection of a's pool carries its name, pinned or not,
+		// so that the count below is all that a costs the server.
+		id := "session-a-" + base[len(base)-8:]
+		a := newSession(t, open(t, e.driver, withApp(e.srv.URL, id)), append(quick, postgres.WithIdentity(id), postgres.WithSpread(false))...)
 		var ls []locker.Locker
 		for i := 0; i < n; i++ {
 			ls = append(ls, sessionLocker(t, a, fmt.Sprintf("%s.%d", base, i)))
@@ -98,7 +102,7 @@ func TestSessionManyNames(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if got := e.sessions(t, "session-a"); got > 2 {
+		if got := e.sessions(t, id); got > 2 {
 			t.Errorf("session a has %d server connections, want at most 2", got)
 		}
 		b := newSession(t, e.db, append(quick, postgres.WithIdentity("session-b"), postgres.WithSpread(false))...)
@@ -118,6 +122,11 @@ func TestSessionManyNames(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("graceful hand-over of one name: %v", time.Since(start))
+		// The release interrupted a's heartbeat from a's own second
+		// connection: still two.
+		if got := e.sessions(t, id); got != 2 {
+			t.Errorf("after a release, session a has %d server connections, want 2", got)
+		}
 		if tok, ok := lb.(locker.Fencer).Token(); !ok || tok == 0 {
 			t.Errorf("Token() = %d, %v", tok, ok)
 		}
@@ -130,6 +139,17 @@ func TestSessionManyNames(t *testing.T) {
 			}
 		}
 	})
+}
+
+// withApp returns url with application_name set to app: every
+// connection of a pool opened with it carries app until a Session or a
+// Locker sets its own identity.
+func withApp(url, app string) string {
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "application_name=" + app
 }
 
 // sessions counts the server connections with the application_name id.
