@@ -148,17 +148,29 @@ func sessions(r *report, self, url string, admin *sql.DB, nodes, names, trials i
 	if err != nil {
 		return err
 	}
-	r.addf("| server connections per node (pinned; application_name = the node's identity) | %v |", conns)
+	r.addf("| server connections per node (every backend with the node's application_name, which its pool's connections carry too) | %v |", conns)
 	total, err := clientBackends(admin)
 	if err != nil {
 		return err
 	}
 	r.addf("| client backends on the server, all nodes and the bench's own | %d |", total)
+	cpu0, err := backendCPU(admin, c.ids)
+	if err != nil {
+		return err
+	}
+	began = time.Now()
 	rate, err := idleRate(admin, c.ids, idle)
 	if err != nil {
 		return err
 	}
+	cpu1, err := backendCPU(admin, c.ids)
+	if err != nil {
+		return err
+	}
 	r.addf("| idle statements per second per node (over %v) | %.2f |", idle, rate)
+	if cpu0 >= 0 && cpu1 >= 0 {
+		r.addf("| idle server CPU per node (its backends' user + system time, /proc) | %.2f%% of a core |", 100*(cpu1-cpu0).Seconds()/time.Since(began).Seconds()/float64(nodes))
+	}
 
 	// Crash trials: SIGKILL the busiest node; a new node replaces it.
 	var crash, join []time.Duration
@@ -305,6 +317,38 @@ func connections(admin *sql.DB, ids []string) ([]int, error) {
 	return out, nil
 }
 
+// backendCPU returns the CPU time the server's backends of the nodes
+// ids have used so far, read from /proc (the server runs on this
+// machine), or -1 where /proc does not show it.
+func backendCPU(admin *sql.DB, ids []string) (time.Duration, error) {
+	rows, err := admin.Query(`SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1)`, "{"+strings.Join(ids, ",")+"}")
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	var total time.Duration
+	for rows.Next() {
+		var pid int
+		if err := rows.Scan(&pid); err != nil {
+			return 0, err
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return -1, nil
+		}
+		// After the command, in parentheses: fields 14 and 15 are utime
+		// and stime, in clock ticks (100 per second on Linux).
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		if len(f) < 13 {
+			return -1, nil
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(u+s) * 10 * time.Millisecond
+	}
+	return total, rows.Err()
+}
+
 func clientBackends(admin *sql.DB) (int, error) {
 	var n int
 	err := admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'`).Scan(&n)
@@ -318,9 +362,15 @@ func clientBackends(admin *sql.DB) (int, error) {
 func idleRate(admin *sql.DB, ids []string, d time.Duration) (float64, error) {
 	seen := map[string]bool{}
 	live := map[string]bool{}
+	// Statements started before the window (the heartbeat in flight) are
+	// not counted: by the server's clock, as query_start is.
+	var from time.Time
+	if err := admin.QueryRow(`SELECT clock_timestamp()`).Scan(&from); err != nil {
+		return 0, err
+	}
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		rows, err := admin.Query(`SELECT application_name, pid::text || '@' || query_start::text FROM pg_stat_activity
-			WHERE application_name = ANY($1) AND query_start IS NOT NULL`, "{"+strings.Join(ids, ",")+"}")
+			WHERE application_name = ANY($1) AND query_start >= $2`, "{"+strings.Join(ids, ",")+"}", from)
 		if err != nil {
 			return 0, err
 		}
@@ -338,7 +388,6 @@ func idleRate(admin *sql.DB, ids []string, d time.Duration) (float64, error) {
 	if len(live) == 0 {
 		return 0, errors.New("no node's session seen")
 	}
-	// The statement in flight at the start was started before the window.
 	return float64(len(seen)) / d.Seconds() / float64(len(live)), nil
 }
 
