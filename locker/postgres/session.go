@@ -15,13 +15,16 @@ import (
 )
 
 // The reserved key space: the advisory-lock keys whose upper 32 bits
-// (pg_locks.classid) are these hold a Session's presence and its doorbell
-// (two keys: a ring moves it from one to the other). Session.Locker
-// refuses a name whose Key falls there (3 names in 2^32).
+// (pg_locks.classid) are these hold a Session's presence, its doorbell
+// (two keys: a ring moves it from one to the other) and its interest in a
+// name another session holds (in shared mode; the lower 32 bits are the
+// name's). Session.Locker refuses a name whose Key falls there (4 names
+// in 2^32).
 const (
 	presenceClass = 0x6f6e6c79 // "only"
 	bellClass     = 0x6f6e6c7a
 	bellClass2    = 0x6f6e6c7b
+	interestClass = 0x6f6e6c7c
 )
 
 func presenceKey(id uint32) int64 { return int64(uint64(presenceClass)<<32 | uint64(id)) }
@@ -38,7 +41,7 @@ func otherBell(bell int64) int64 {
 
 func reserved(key int64) bool {
 	c, _ := KeyParts(key)
-	return c == presenceClass || c == bellClass || c == bellClass2
+	return c >= presenceClass && c <= interestClass
 }
 
 // ErrLockTableFull is the error of an Acquire that found the server's
@@ -218,6 +221,7 @@ type run struct {
 	dirty     bool                // beat at once: there is work
 	live      []int64             // presence ids of the live Sessions that contend for these names, sorted, as of the last beat
 	bells     []int64             // the doorbell keys held by any Session, as of the last beat
+	interest  int64               // the interest key this Session holds in shared mode; 0 for none
 	freeSince map[int64]time.Time // names seen free and not taken in every beat since
 	keep      map[int64]time.Time // names taken past the share because nobody took them, when: not shed for keepFor
 	shedAt    map[int64]time.Time // when this Session last shed a name
@@ -475,15 +479,19 @@ func (r *run) drop(g *grant) <-chan struct{} {
 //     and take one if none is held;
 //  3. read pg_locks once: the live Sessions that contend for these names
 //     (presence keys, classid $6, of sessions that hold one of the names
-//     wanted, $17, or none at all), every name held, every doorbell held;
+//     wanted, $17, or an interest in one), every name held, every
+//     doorbell held;
 //  4. take free names ($7), as many as the share allows: share($8 names
 //     wanted, live Sessions, this Session's id $13) − $9 held already ($10
 //     false: spreading off, all of them);
 //  5. take the names ($11) seen free for forceAfter heartbeats whatever
 //     the share: no other Session wanted them;
-//  6. report the wanted names still free, and a fencing token when it took
+//  6. show an interest in one wanted name that another session holds
+//     (the lowest; in shared mode, in place of the last one, $18), so
+//     that the Sessions holding these names count this one in step 3;
+//  7. report the wanted names still free, and a fencing token when it took
 //     any (a transaction id flushed to WAL, as lockSQL does).
-const beatSQL = `SELECT s.pid, b.bell, l.live, l.bells, t.taken, f.forced, e.free,
+const beatSQL = `SELECT s.pid, b.bell, l.live, l.bells, t.taken, f.forced, e.free, i.interest,
 	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
 		THEN pg_catalog.txid_current() END,
 	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
@@ -509,14 +517,15 @@ CROSS JOIN LATERAL (SELECT CASE
 		END AS bell
 	WHERE u.n IS NOT NULL OFFSET 0) b
 CROSS JOIN LATERAL (WITH x AS MATERIALIZED (SELECT pid AS p, classid::bigint AS c, objid::bigint AS o FROM pg_catalog.pg_locks
-		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND mode = 'ExclusiveLock'
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND (mode = 'ExclusiveLock' OR classid::bigint = 1869507708)
 		  AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
 		  AND b.bell IS NOT NULL),
-	n AS (SELECT DISTINCT p FROM x WHERE c NOT IN ($6, 1869507706, 1869507707)),
-	w AS (SELECT DISTINCT x.p FROM x JOIN pg_catalog.unnest($17::bigint[]) k ON (x.c << 32) | x.o = k)
+	k AS (SELECT pg_catalog.unnest($17::bigint[]) AS k),
+	w AS (SELECT x.p FROM x JOIN k ON (x.c << 32) | x.o = k.k
+		UNION SELECT x.p FROM x JOIN k ON x.c = 1869507708 AND x.o = k.k & 4294967295)
 	SELECT coalesce((SELECT pg_catalog.array_agg(o ORDER BY o) FROM x WHERE c = $6
-			AND (p = pg_catalog.pg_backend_pid() OR p IN (SELECT p FROM w) OR p NOT IN (SELECT p FROM n))), '{}') AS live,
-		coalesce((SELECT pg_catalog.array_agg((c << 32) | o) FROM x WHERE c <> $6), '{}') AS held,
+			AND (p = pg_catalog.pg_backend_pid() OR p IN (SELECT p FROM w))), '{}') AS live,
+		coalesce((SELECT pg_catalog.array_agg((c << 32) | o) FROM x WHERE c < $6 OR c > 1869507708), '{}') AS held,
 		coalesce((SELECT pg_catalog.array_agg((c << 32) | o) FROM x WHERE c IN (1869507706, 1869507707)), '{}') AS bells) l
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS taken FROM (
 		SELECT k FROM pg_catalog.unnest($7::bigint[]) k
@@ -528,16 +537,24 @@ CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS forced FRO
 	WHERE k <> ALL (t.taken) AND pg_catalog.pg_try_advisory_lock(k)) f
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS free FROM (
 		SELECT pg_catalog.unnest($7::bigint[]) EXCEPT SELECT pg_catalog.unnest(l.held)
-		EXCEPT SELECT pg_catalog.unnest(t.taken) EXCEPT SELECT pg_catalog.unnest(f.forced)) e(k)) e`
+		EXCEPT SELECT pg_catalog.unnest(t.taken) EXCEPT SELECT pg_catalog.unnest(f.forced)) e(k)) e
+CROSS JOIN LATERAL (SELECT CASE WHEN j.key IS NOT DISTINCT FROM $18::bigint THEN $18::bigint
+		ELSE (SELECT CASE WHEN j.key IS NULL THEN 0::bigint WHEN pg_catalog.pg_try_advisory_lock_shared(j.key) THEN j.key ELSE 0::bigint END
+			FROM (SELECT $18::bigint = 0 OR pg_catalog.pg_advisory_unlock_shared($18::bigint) AS z) u WHERE u.z IS NOT NULL) END AS interest
+	FROM (SELECT (1869507708::bigint << 32) | (min(k) & 4294967295) AS key FROM (
+		SELECT pg_catalog.unnest($7::bigint[]) INTERSECT SELECT pg_catalog.unnest(l.held)) h(k)) j) i`
 
-// reconcileSQL unlocks those of the names $1 that this session holds: a
-// beat that failed part way (a cancel meant for its sleep that came late,
+// reconcileSQL unlocks those of the names $1 that this session holds, and
+// its interest (see beatSQL): a beat that failed part way (a cancel meant for its sleep that came late,
 // a full lock table) may have taken some without saying which, and
 // session locks outlive a failed statement.
 const reconcileSQL = `SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) FROM (
 	SELECT pg_catalog.unnest($1::bigint[])
 	INTERSECT SELECT (classid::bigint << 32) | objid::bigint FROM pg_catalog.pg_locks
-		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_catalog.pg_backend_pid()) i(k))`
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND mode = 'ExclusiveLock' AND pid = pg_catalog.pg_backend_pid()) i(k)),
+	(SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock_shared((classid::bigint << 32) | objid::bigint)) FROM pg_catalog.pg_locks
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND mode = 'ShareLock' AND classid::bigint = 1869507708
+		  AND pid = pg_catalog.pg_backend_pid())`
 
 // int64s is a bigint[] parameter both drivers take: its text form.
 type int64s []int64
@@ -635,6 +652,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	}
 	ring := r.ring && known
 	watch := r.watchKeyLocked()
+	interest := r.interest
 	var cands, forced, wanted []int64
 	held := 0
 	for k, g := range r.claims {
@@ -662,7 +680,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	r.mu.Unlock()
 
 	var (
-		newBell                         int64
+		newBell, newInterest            int64
 		live, bells, taken, took2, free string
 		token                           sql.NullInt64
 		lsn                             sql.NullString
@@ -672,8 +690,8 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	err = h.conn.QueryRowContext(ctx, beatSQL, steps, int64s(unlock).text(), ring, bell, known,
 		int64(presenceClass), int64s(cands).text(), want, held, !cfg.noSpread, int64s(forced).text(),
 		"fencing token for a session "+fmt.Sprintf("%08x", r.s.id), int64(r.s.id), pollEvery.Seconds(), watch,
-		otherBell(bell), int64s(wanted).text()).
-		Scan(&pid, &newBell, &live, &bells, &taken, &took2, &free, &token, &lsn)
+		otherBell(bell), int64s(wanted).text(), interest).
+		Scan(&pid, &newBell, &live, &bells, &taken, &took2, &free, &newInterest, &token, &lsn)
 	if err != nil {
 		// A cancelled beat (the poker's, which may come late, or an
 		// operator's pg_cancel_backend) leaves the session alive, and so
@@ -691,6 +709,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		}
 		r.mu.Lock()
 		r.bellKnown = false // a ring may have stopped half way; the next beat looks
+		r.interest = 0      // reconcile let it go
 		if full {
 			r.fullUntil = time.Now().Add(cfg.waitChunk)
 			for _, k := range append(cands, forced...) {
@@ -734,6 +753,7 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	}
 	r.live = liveIDs
 	r.bells = bellKeys
+	r.interest = newInterest
 	for _, k := range fk {
 		r.keep[k] = time.Now()
 	}
@@ -842,8 +862,8 @@ func (r *run) shedLocked(pid int) {
 // reconcileSQL), and returns the backend pid: the session lives on.
 func (r *run) reconcile(ctx context.Context, h *hold, keys []int64) (pid int, err error) {
 	for i := 0; i < unlockTries; i++ {
-		var n int
-		err = h.conn.QueryRowContext(ctx, reconcileSQL, int64s(keys).text()).Scan(&pid, &n)
+		var n, m int
+		err = h.conn.QueryRowContext(ctx, reconcileSQL, int64s(keys).text()).Scan(&pid, &n, &m)
 		if err == nil || sqlState(err) != "57014" {
 			break
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -295,6 +296,113 @@ func TestSessionUnprivileged(t *testing.T) {
 		t.Logf("terminate → every name held by the other Session: %v", time.Since(cut))
 		for _, l := range waiting {
 			_ = l.Release(ctx)
+		}
+	})
+}
+
+// TestSessionSpreadIgnoresUnrelatedSessions: a Session that contends for
+// none of a Session's names does not count for its share. Counted, it
+// halved the share: the names over it were taken anyway (nobody else
+// wanted them) and then, ten heartbeats later, given up with ErrShed,
+// again and again.
+func TestSessionSpreadIgnoresUnrelatedSessions(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		base := uniqueName(t)
+		other := sessionLocker(t, newSession(t, e.db, quick...), base+".unrelated")
+		if err := other.Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer other.Release(ctx)
+		a := newSession(t, e.db, quick...)
+		var ls []locker.Locker
+		for i := 0; i < 4; i++ {
+			ls = append(ls, sessionLocker(t, a, fmt.Sprintf("%s.%d", base, i)))
+		}
+		errs := make(chan error, len(ls))
+		for _, l := range ls {
+			go func() { errs <- l.Acquire(ctx) }()
+		}
+		for range ls {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		// 30 heartbeats: a name taken past the share is kept for 10.
+		lost := make(chan error, len(ls))
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, l := range ls {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				select {
+				case <-l.Lost():
+					lost <- locker.Err(l)
+				case <-stop:
+				}
+			}()
+		}
+		select {
+		case err := <-lost:
+			t.Errorf("a name was given up with no other Session wanting it: %v", err)
+		case <-time.After(3 * time.Second):
+		}
+		close(stop)
+		wg.Wait()
+		for _, l := range ls {
+			if err := l.Release(ctx); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
+
+// TestSessionSpreadToSessionWithOtherNames: a Session that holds names of
+// its own and then contends for names another holds all of still gets
+// its share of them: it shows an interest in one of them, so the holder
+// counts it.
+func TestSessionSpreadToSessionWithOtherNames(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx, cancel := context.WithCancel(context.Background())
+		base := uniqueName(t)
+		const n = 10
+		a, b := newSession(t, e.db, quick...), newSession(t, e.db, quick...)
+		own := sessionLocker(t, b, base+".own")
+		if err := own.Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var held [2]atomic.Int32
+		var wg sync.WaitGroup
+		run := func(i int, s *postgres.Session) {
+			for j := 0; j < n; j++ {
+				l := sessionLocker(t, s, fmt.Sprintf("%s.%d", base, j))
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for ctx.Err() == nil {
+						if l.Acquire(ctx) != nil {
+							continue
+						}
+						held[i].Add(1)
+						select {
+						case <-l.Lost():
+						case <-ctx.Done():
+						}
+						held[i].Add(-1)
+						_ = l.Release(context.Background())
+					}
+				}()
+			}
+		}
+		run(0, a)
+		eventually(t, 5*time.Second, "a holds every name", func() bool { return held[0].Load() == n })
+		run(1, b)
+		eventually(t, 10*time.Second, "the names spread over a and b", func() bool { return held[0].Load() == n/2 && held[1].Load() == n/2 })
+		cancel()
+		wg.Wait()
+		if err := own.Release(context.Background()); err != nil {
+			t.Error(err)
 		}
 	})
 }
