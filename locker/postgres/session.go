@@ -134,6 +134,12 @@ func (s *Session) Locker(name string) (locker.Locker, error) {
 // has passed, before it ends the connection that holds them: ending it
 // frees every name at once. Acquire on a Locker of a closed Session
 // returns an error.
+//
+// Close returns within Grace + HeartbeatInterval + 2s, even when the
+// network to the server has gone silent and the driver ignores deadlines
+// there (lib/pq): it then returns an error, every Lost is closed all the
+// same, the connections are destroyed once the driver gives them back,
+// and the server frees the names within SessionTimeout in any case.
 func (s *Session) Close() error {
 	s.start.Lock()
 	defer s.start.Unlock()

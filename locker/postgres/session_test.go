@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/onlyone-go/onlyone/internal/faultproxy"
 	"github.com/onlyone-go/onlyone/locker"
 	"github.com/onlyone-go/onlyone/locker/lockertest"
 	"github.com/onlyone-go/onlyone/locker/postgres"
@@ -402,6 +403,49 @@ func TestSessionSpreadToSessionWithOtherNames(t *testing.T) {
 		cancel()
 		wg.Wait()
 		if err := own.Release(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// TestSessionCloseBoundedOnSilentNetwork: Close returns within Grace +
+// HeartbeatInterval + 2s when the network to the server goes silent,
+// with both drivers (lib/pq ignores deadlines there); the connections it
+// could not end are destroyed once the driver gives them back.
+func TestSessionCloseBoundedOnSilentNetwork(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		proxy, err := faultproxy.Start(e.srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer proxy.Close()
+		s := newSession(t, open(t, e.driver, e.srv.URLVia(proxy.Addr())), quick...)
+		l := sessionLocker(t, s, uniqueName(t))
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		proxy.Drop()
+		start := time.Now()
+		closed := make(chan error, 1)
+		go func() { closed <- s.Close() }()
+		bound := time.Second + 100*time.Millisecond + 2*time.Second // Grace + HeartbeatInterval + 2s
+		select {
+		case err := <-closed:
+			took := time.Since(start)
+			t.Logf("Close returned after %v: %v", took.Round(time.Millisecond), err)
+			if took > bound+time.Second {
+				t.Errorf("Close took %v, want at most %v", took, bound)
+			}
+		case <-time.After(bound + 10*time.Second):
+			t.Fatalf("Close did not return within %v of a silent network", bound+10*time.Second)
+		}
+		select {
+		case <-l.Lost():
+		default:
+			t.Error("Lost is open after Close")
+		}
+		proxy.Close() // the driver calls still stuck fail now, and their goroutines end
+		if err := l.Release(context.Background()); err != nil {
 			t.Error(err)
 		}
 	})
