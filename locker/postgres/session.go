@@ -231,7 +231,7 @@ type run struct {
 	freeSince map[int64]time.Time // names seen free and not taken in every beat since
 	keep      map[int64]time.Time // names taken past the share because nobody took them, when: not shed for keepFor
 	shedAt    map[int64]time.Time // when this Session last shed a name
-	rungFree  int                 // free names left over when the doorbell last rang
+	rungFree  []int64             // free names left over when the doorbell last rang, sorted
 	fullUntil time.Time           // no takes before: the lock table was full
 	beatDone  chan struct{}       // closed and replaced after each beat
 	dropped   chan struct{}       // closed and replaced when a claim is dropped
@@ -466,8 +466,8 @@ func (r *run) drop(g *grant) <-chan struct{} {
 }
 
 // beatSQL is a Session's heartbeat, and its watch over the other
-// Sessions. Like heartbeatSQL it first waits on the server — up to $1
-// steps of $14 seconds — so that a statement is always in flight on the
+// Sessions. Like heartbeatSQL it first waits on the server — $1 seconds
+// by the server's clock, in steps of $14 — so that a statement is always in flight on the
 // holding connection and its end is seen at once. Between steps it tries
 // the key $15 in shared mode, and stops waiting as soon as it gets it (and
 // lets it go): $15 is the doorbell of the next live Session around the
@@ -502,10 +502,12 @@ const beatSQL = `SELECT s.pid, b.bell, l.live, l.bells, t.taken, f.forced, e.fre
 		THEN pg_catalog.txid_current() END,
 	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
 		THEN pg_catalog.pg_logical_emit_message(true, 'onlyone', $12)::text END
-FROM (SELECT pg_catalog.pg_backend_pid() AS pid, (SELECT count(*) FROM (SELECT 1 FROM pg_catalog.generate_series(1, $1::int) i
-		WHERE CASE WHEN $15::bigint <> 0 AND pg_catalog.pg_try_advisory_lock_shared($15::bigint)
+FROM (SELECT pg_catalog.pg_backend_pid() AS pid, (SELECT count(*) FROM (SELECT 1 FROM pg_catalog.generate_series(0, pg_catalog.ceil($1::float8 / $14::float8)::int) i
+		WHERE CASE WHEN pg_catalog.clock_timestamp() >= pg_catalog.statement_timestamp() + $1::float8 * interval '1 second' THEN true
+			WHEN $15::bigint <> 0 AND pg_catalog.pg_try_advisory_lock_shared($15::bigint)
 			THEN pg_catalog.pg_advisory_unlock_shared($15::bigint)
-			ELSE pg_catalog.pg_sleep($14::float8) IS NULL END
+			ELSE pg_catalog.pg_sleep(LEAST($14::float8, pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()
+				+ $1::float8 * interval '1 second' - pg_catalog.clock_timestamp()))) IS NULL END
 		LIMIT 1) w) AS woke OFFSET 0) s
 CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) AS n
 	FROM pg_catalog.unnest($2::bigint[]) k WHERE s.woke IS NOT NULL) u
@@ -691,9 +693,8 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		token                           sql.NullInt64
 		lsn                             sql.NullString
 	)
-	steps := int((sleep + pollEvery - 1) / pollEvery)
 	sent := time.Now()
-	err = h.conn.QueryRowContext(ctx, beatSQL, steps, int64s(unlock).text(), ring, bell, known,
+	err = h.conn.QueryRowContext(ctx, beatSQL, sleep.Seconds(), int64s(unlock).text(), ring, bell, known,
 		int64(presenceClass), int64s(cands).text(), want, held, !cfg.noSpread, int64s(forced).text(),
 		"fencing token for a session "+fmt.Sprintf("%08x", r.s.id), int64(r.s.id), pollEvery.Seconds(), watch,
 		otherBell(bell), int64s(wanted).text(), interest).
@@ -750,12 +751,16 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		return pid, true, nil
 	}
 	r.unlock = r.unlock[len(unlock):]
+	slices.Sort(fr)
 	if ring && newBell != bell {
 		r.ring = false
-		r.rungFree = len(fr)
+		r.rungFree = fr
 	}
 	if !full {
 		r.bell, r.bellKnown = newBell, true
+	}
+	if !slices.Equal(liveIDs, r.live) {
+		r.rungFree = nil // the Sessions changed: free names are news again
 	}
 	r.live = liveIDs
 	r.bells = bellKeys
@@ -786,9 +791,9 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	r.freeSince = since
 	// Free names left over that this Session is not taking: ring, so that
 	// the Session that watches this one looks (it may be under its share).
-	// Only when the number changed since the last ring, so that names no
-	// Session takes do not ring around forever.
-	if len(fr) > 0 && len(fr) != r.rungFree {
+	// Only when they are not the ones left over at the last ring, so that
+	// names no Session takes do not ring around forever.
+	if len(fr) > 0 && !slices.Equal(fr, r.rungFree) {
 		r.ring = true
 	}
 	if len(tk)+len(fk) > 0 || len(fr) > 0 {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -447,6 +448,108 @@ func TestSessionCloseBoundedOnSilentNetwork(t *testing.T) {
 		proxy.Close() // the driver calls still stuck fail now, and their goroutines end
 		if err := l.Release(context.Background()); err != nil {
 			t.Error(err)
+		}
+	})
+}
+
+// TestSessionWatchesJoinerAtOnce: a Session that joins is watched from
+// the next heartbeat of the Session before it around the ring, not after
+// that one's wait on its old target ends (up to WaitChunk, 4s here): a
+// crash of the newcomer soon after it joined is taken over in
+// milliseconds, well within one heartbeat (1s).
+func TestSessionWatchesJoinerAtOnce(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx, cancel := context.WithCancel(context.Background())
+		base := uniqueName(t)
+		const n = 6
+		var (
+			mu   sync.Mutex
+			by   = map[int]int{}  // name → Session index holding it
+			dead = map[int]bool{} // Sessions whose Lockers do not acquire again
+			wg   sync.WaitGroup
+			ids  []string
+		)
+		count := func(of ...int) int {
+			mu.Lock()
+			defer mu.Unlock()
+			c := 0
+			for _, s := range by {
+				if slices.Contains(of, s) {
+					c++
+				}
+			}
+			return c
+		}
+		join := func(i int) {
+			id := fmt.Sprintf("joiner-%d-%s", i, base[len(base)-8:])
+			ids = append(ids, id)
+			s := newSession(t, e.db, postgres.WithHeartbeatInterval(time.Second), postgres.WithLossTimeout(2*time.Second),
+				postgres.WithGrace(time.Second), postgres.WithWaitChunk(4*time.Second), postgres.WithIdentity(id))
+			for j := 0; j < n; j++ {
+				l := sessionLocker(t, s, fmt.Sprintf("%s.%d", base, j))
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for ctx.Err() == nil {
+						mu.Lock()
+						gone := dead[i]
+						mu.Unlock()
+						if gone {
+							return // as if the process had died with its session
+						}
+						err := l.Acquire(ctx)
+						mu.Lock()
+						gone = dead[i]
+						if err == nil {
+							by[j] = i
+						}
+						mu.Unlock()
+						if gone {
+							_ = l.Release(context.Background())
+							return // as if the process had died with its session
+						}
+						if err != nil {
+							continue
+						}
+						select {
+						case <-l.Lost():
+						case <-ctx.Done():
+						}
+						mu.Lock()
+						if by[j] == i {
+							delete(by, j)
+						}
+						mu.Unlock()
+						_ = l.Release(context.Background())
+					}
+				}()
+			}
+		}
+		defer func() {
+			cancel()
+			wg.Wait()
+		}()
+		join(0)
+		join(1)
+		eventually(t, 20*time.Second, "a and b hold every name", func() bool { return count(0) == n/2 && count(1) == n/2 })
+		join(2)
+		eventually(t, 10*time.Second, "the newcomer holds its share", func() bool { return count(2) == n/3 && count(0, 1, 2) == n })
+		var pid int
+		if err := e.admin.QueryRow(`SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'`, ids[2]).Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		dead[2] = true
+		mu.Unlock()
+		if _, err := e.admin.Exec(`SELECT pg_terminate_backend($1)`, pid); err != nil {
+			t.Fatal(err)
+		}
+		ended := time.Now()
+		eventually(t, 10*time.Second, "a and b hold every name again", func() bool { return count(0, 1) == n })
+		took := time.Since(ended)
+		t.Logf("the newcomer's names taken over %v after its session ended", took.Round(time.Millisecond))
+		if took > 500*time.Millisecond {
+			t.Errorf("the newcomer's names were taken over after %v: nobody watched it (want well within one heartbeat, 1s)", took)
 		}
 	})
 }
