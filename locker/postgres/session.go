@@ -485,8 +485,9 @@ func (r *run) drop(g *grant) <-chan struct{} {
 //     and take one if none is held;
 //  3. read pg_locks once: the live Sessions that contend for these names
 //     (presence keys, classid $6, of sessions that hold one of the names
-//     wanted, $17, or an interest in one), every name held, every
-//     doorbell held;
+//     wanted, $17, or an interest in one, or no name and no interest at
+//     all: one that has just started), every name held, every doorbell
+//     held;
 //  4. take free names ($7), as many as the share allows: share($8 names
 //     wanted, live Sessions, this Session's id $13) − $9 held already ($10
 //     false: spreading off, all of them);
@@ -528,11 +529,12 @@ CROSS JOIN LATERAL (WITH x AS MATERIALIZED (SELECT pid AS p, classid::bigint AS 
 		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND (mode = 'ExclusiveLock' OR classid::bigint = 1869507708)
 		  AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
 		  AND b.bell IS NOT NULL),
+	n AS (SELECT DISTINCT p FROM x WHERE c < $6 OR c > 1869507707),
 	k AS (SELECT pg_catalog.unnest($17::bigint[]) AS k),
 	w AS (SELECT x.p FROM x JOIN k ON (x.c << 32) | x.o = k.k
 		UNION SELECT x.p FROM x JOIN k ON x.c = 1869507708 AND x.o = k.k & 4294967295)
 	SELECT coalesce((SELECT pg_catalog.array_agg(o ORDER BY o) FROM x WHERE c = $6
-			AND (p = pg_catalog.pg_backend_pid() OR p IN (SELECT p FROM w))), '{}') AS live,
+			AND (p = pg_catalog.pg_backend_pid() OR p IN (SELECT p FROM w) OR p NOT IN (SELECT p FROM n))), '{}') AS live,
 		coalesce((SELECT pg_catalog.array_agg((c << 32) | o) FROM x WHERE c < $6 OR c > 1869507708), '{}') AS held,
 		coalesce((SELECT pg_catalog.array_agg((c << 32) | o) FROM x WHERE c IN (1869507706, 1869507707)), '{}') AS bells) l
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS taken FROM (
