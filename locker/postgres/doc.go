@@ -219,20 +219,23 @@
 //
 // So a node with one Session costs the server two connections: 3 replicas
 // × any number of names = 6, where Lockers would pin 3 × names
-// (TestSessionNodes counts every connection a node's pool opens; measured
-// for 3 nodes × 1,000 names in bench/MANY.md). A Session that holds and
+// (TestSessionNodes counts every connection a node's pool opens; for 3
+// nodes × 1,000 names, bench/MANY.md measured [2 2 2] at the start and
+// after thousands of hand-overs). A Session that holds and
 // waits for no name keeps no connection. (A supervisor asks who holds a
 // name, through the pool, when it starts to wait: that is the
 // application's query, not the Session's.)
 //
 // Idle, a Session sends one statement per HeartbeatInterval (its
-// heartbeat, which watches too), whatever the number of names: 0.93 per
-// second with the defaults, measured. The cost of watching is on the
-// server: a try-lock and a wake-up each 10ms, about 0.2% of a core per
-// Session on the machine of bench/MANY.md (2.1% with the heartbeat's
-// client_connection_check_interval, against 1.8% for the old design's
-// chunked lock wait). The wait holds a snapshot for at most
-// HeartbeatInterval, as a plain Locker's heartbeat does.
+// heartbeat, which watches too), whatever the number of names: 0.97 per
+// second with the defaults, measured for 3 nodes × 1,000 names
+// (bench/MANY.md). Watching costs the server a try-lock and a wake-up
+// every 10ms per Session: the idle server CPU of a node's backends was
+// 2.1–2.6% of a core in three runs, against 1.7–2.1% for the earlier
+// design whose second connection waited on the doorbell (most of either
+// is the holding backend's client_connection_check_interval). The wait
+// holds a snapshot for at most HeartbeatInterval, as a plain Locker's
+// heartbeat does.
 //
 // Spreading (WithSpread, on by default): a Session takes free names up to
 // its share, ceil(names it contends for / live Sessions), and gives up
