@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,47 +365,111 @@ func TestSessionSpreadIgnoresUnrelatedSessions(t *testing.T) {
 // counts it.
 func TestSessionSpreadToSessionWithOtherNames(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, e *env) {
-		ctx, cancel := context.WithCancel(context.Background())
 		base := uniqueName(t)
 		const n = 10
 		a, b := newSession(t, e.db, quick...), newSession(t, e.db, quick...)
 		own := sessionLocker(t, b, base+".own")
-		if err := own.Acquire(ctx); err != nil {
+		if err := own.Acquire(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		var held [2]atomic.Int32
-		var wg sync.WaitGroup
-		run := func(i int, s *postgres.Session) {
-			for j := 0; j < n; j++ {
-				l := sessionLocker(t, s, fmt.Sprintf("%s.%d", base, j))
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for ctx.Err() == nil {
-						if l.Acquire(ctx) != nil {
-							continue
-						}
-						held[i].Add(1)
-						select {
-						case <-l.Lost():
-						case <-ctx.Done():
-						}
-						held[i].Add(-1)
-						_ = l.Release(context.Background())
-					}
-				}()
-			}
-		}
-		run(0, a)
-		eventually(t, 5*time.Second, "a holds every name", func() bool { return held[0].Load() == n })
-		run(1, b)
-		eventually(t, 10*time.Second, "the names spread over a and b", func() bool { return held[0].Load() == n/2 && held[1].Load() == n/2 })
-		cancel()
-		wg.Wait()
+		w := newWorkers(t, base, n)
+		w.run(0, a)
+		eventually(t, 5*time.Second, "a holds every name", func() bool { return w.count(0) == n })
+		w.run(1, b)
+		eventually(t, 10*time.Second, "the names spread over a and b", func() bool { return w.count(0) == n/2 && w.count(1) == n/2 })
+		w.stop()
 		if err := own.Release(context.Background()); err != nil {
 			t.Error(err)
 		}
 	})
+}
+
+// workers run names base.0 … base.n-1 on Sessions, a loop per name and
+// Session that acquires, holds until Lost and releases, and record which
+// Session holds each name.
+type workers struct {
+	t      *testing.T
+	base   string
+	n      int
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex
+	by   map[int]int  // name → Session holding it
+	dead map[int]bool // Sessions whose loops do not acquire again
+}
+
+func newWorkers(t *testing.T, base string, n int) *workers {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &workers{t: t, base: base, n: n, ctx: ctx, cancel: cancel, by: map[int]int{}, dead: map[int]bool{}}
+	t.Cleanup(w.stop)
+	return w
+}
+
+// stop ends every loop and waits for them.
+func (w *workers) stop() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+// run starts the loops of Session s, called i.
+func (w *workers) run(i int, s *postgres.Session) {
+	for j := 0; j < w.n; j++ {
+		l := sessionLocker(w.t, s, fmt.Sprintf("%s.%d", w.base, j))
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for w.ctx.Err() == nil && !w.isDead(i) {
+				if err := l.Acquire(w.ctx); err != nil {
+					select { // the Session may be closed: do not spin
+					case <-w.ctx.Done():
+					case <-time.After(10 * time.Millisecond):
+					}
+					continue
+				}
+				w.mu.Lock()
+				w.by[j] = i
+				w.mu.Unlock()
+				select {
+				case <-l.Lost():
+				case <-w.ctx.Done():
+				}
+				w.mu.Lock()
+				if w.by[j] == i {
+					delete(w.by, j)
+				}
+				w.mu.Unlock()
+				_ = l.Release(context.Background())
+			}
+		}()
+	}
+}
+
+// kill makes Session i's loops stop acquiring, as if its process had died.
+func (w *workers) kill(i int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.dead[i] = true
+}
+
+func (w *workers) isDead(i int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dead[i]
+}
+
+// count returns how many names the Sessions of holds.
+func (w *workers) count(of ...int) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := 0
+	for _, s := range w.by {
+		if slices.Contains(of, s) {
+			c++
+		}
+	}
+	return c
 }
 
 // TestSessionCloseBoundedOnSilentNetwork: Close returns within Grace +
@@ -459,97 +522,36 @@ func TestSessionCloseBoundedOnSilentNetwork(t *testing.T) {
 // milliseconds, well within one heartbeat (1s).
 func TestSessionWatchesJoinerAtOnce(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, e *env) {
-		ctx, cancel := context.WithCancel(context.Background())
 		base := uniqueName(t)
 		const n = 6
-		var (
-			mu   sync.Mutex
-			by   = map[int]int{}  // name → Session index holding it
-			dead = map[int]bool{} // Sessions whose Lockers do not acquire again
-			wg   sync.WaitGroup
-			ids  []string
-		)
-		count := func(of ...int) int {
-			mu.Lock()
-			defer mu.Unlock()
-			c := 0
-			for _, s := range by {
-				if slices.Contains(of, s) {
-					c++
-				}
-			}
-			return c
-		}
+		w := newWorkers(t, base, n)
+		var ids []string
 		join := func(i int) {
 			id := fmt.Sprintf("joiner-%d-%s", i, base[len(base)-8:])
 			ids = append(ids, id)
-			s := newSession(t, e.db, postgres.WithHeartbeatInterval(time.Second), postgres.WithLossTimeout(2*time.Second),
-				postgres.WithGrace(time.Second), postgres.WithWaitChunk(4*time.Second), postgres.WithIdentity(id))
-			for j := 0; j < n; j++ {
-				l := sessionLocker(t, s, fmt.Sprintf("%s.%d", base, j))
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for ctx.Err() == nil {
-						mu.Lock()
-						gone := dead[i]
-						mu.Unlock()
-						if gone {
-							return // as if the process had died with its session
-						}
-						err := l.Acquire(ctx)
-						mu.Lock()
-						gone = dead[i]
-						if err == nil {
-							by[j] = i
-						}
-						mu.Unlock()
-						if gone {
-							_ = l.Release(context.Background())
-							return // as if the process had died with its session
-						}
-						if err != nil {
-							continue
-						}
-						select {
-						case <-l.Lost():
-						case <-ctx.Done():
-						}
-						mu.Lock()
-						if by[j] == i {
-							delete(by, j)
-						}
-						mu.Unlock()
-						_ = l.Release(context.Background())
-					}
-				}()
-			}
+			w.run(i, newSession(t, e.db, postgres.WithHeartbeatInterval(time.Second), postgres.WithLossTimeout(2*time.Second),
+				postgres.WithGrace(time.Second), postgres.WithWaitChunk(4*time.Second), postgres.WithIdentity(id)))
 		}
-		defer func() {
-			cancel()
-			wg.Wait()
-		}()
 		join(0)
 		join(1)
-		eventually(t, 20*time.Second, "a and b hold every name", func() bool { return count(0) == n/2 && count(1) == n/2 })
+		eventually(t, 20*time.Second, "a and b hold every name", func() bool { return w.count(0) == n/2 && w.count(1) == n/2 })
 		join(2)
-		eventually(t, 10*time.Second, "the newcomer holds its share", func() bool { return count(2) == n/3 && count(0, 1, 2) == n })
+		eventually(t, 10*time.Second, "the newcomer holds its share", func() bool { return w.count(2) == n/3 && w.count(0, 1, 2) == n })
 		var pid int
 		if err := e.admin.QueryRow(`SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'`, ids[2]).Scan(&pid); err != nil {
 			t.Fatal(err)
 		}
-		mu.Lock()
-		dead[2] = true
-		mu.Unlock()
+		w.kill(2)
 		if _, err := e.admin.Exec(`SELECT pg_terminate_backend($1)`, pid); err != nil {
 			t.Fatal(err)
 		}
 		ended := time.Now()
-		eventually(t, 10*time.Second, "a and b hold every name again", func() bool { return count(0, 1) == n })
+		eventually(t, 10*time.Second, "a and b hold every name again", func() bool { return w.count(0, 1) == n })
 		took := time.Since(ended)
 		t.Logf("the newcomer's names taken over %v after its session ended", took.Round(time.Millisecond))
 		if took > 500*time.Millisecond {
 			t.Errorf("the newcomer's names were taken over after %v: nobody watched it (want well within one heartbeat, 1s)", took)
 		}
+		w.stop()
 	})
 }
