@@ -538,7 +538,10 @@ func TestSessionWatchesJoinerAtOnce(t *testing.T) {
 		join(2)
 		eventually(t, 10*time.Second, "the newcomer holds its share", func() bool { return w.count(2) == n/3 && w.count(0, 1, 2) == n })
 		var pid int
-		if err := e.admin.QueryRow(`SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'`, ids[2]).Scan(&pid); err != nil {
+		// The newcomer's holding backend: its connection that holds locks
+		// (the other, the poker, holds none).
+		if err := e.admin.QueryRow(`SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+			WHERE a.application_name = $1 AND l.locktype = 'advisory'`, ids[2]).Scan(&pid); err != nil {
 			t.Fatal(err)
 		}
 		w.kill(2)
