@@ -232,11 +232,11 @@
 // application's query, not the Session's.)
 //
 // Idle, a Session sends one statement per HeartbeatInterval (its
-// heartbeat, which watches too), whatever the number of names: 0.97 per
+// heartbeat, which watches too), whatever the number of names: 0.93 per
 // second with the defaults, measured for 3 nodes × 1,000 names
 // (bench/MANY.md). Watching costs the server a try-lock and a wake-up
 // every 10ms per Session: the idle server CPU of a node's backends was
-// 2.1–2.6% of a core in three runs, against 1.7–2.1% for the earlier
+// 2.1–2.6% of a core in four runs, against 1.7–2.1% for the earlier
 // design whose second connection waited on the doorbell (most of either
 // is the holding backend's client_connection_check_interval). The wait
 // holds a snapshot for at most HeartbeatInterval, as a plain Locker's
