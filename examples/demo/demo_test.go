@@ -34,7 +34,7 @@ func TestDemo(t *testing.T) {
 	t.Log("\n" + out.String())
 	want := []string{"takeover", "hand-over", "Done."}
 	if os.Getenv(pglocal.EnvRequire) == "1" {
-		want = append(want, "throwaway PostgreSQL", "SIGKILL", "onlyone status says")
+		want = append(want, "throwaway PostgreSQL", "SIGKILL", "onlyone status says", "postgres.Session", "connections per node for all of them: 2, 2, 2", "run elsewhere", "passed on")
 	}
 	for _, w := range want {
 		if !strings.Contains(out.String(), w) {

@@ -1,6 +1,7 @@
 // Command demo tells the onlyone story with real processes: three nodes
-// contend for one lock; the leader is killed (a crash), then the next one
-// is stopped gracefully (a deploy); the takeover times are measured.
+// contend for one lock, and for six tenants on one postgres.Session each;
+// the leader is killed (a crash), then the next one is stopped gracefully
+// (a deploy); the takeover times are measured.
 //
 //	make demo        # or: go run ./examples/demo
 //
@@ -20,6 +21,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -58,14 +60,25 @@ func node(id, url string) int {
 	}
 	ctx, stop := signalContext()
 	defer stop()
+	var out sync.Mutex
+	say := func(format string, args ...any) {
+		out.Lock()
+		defer out.Unlock()
+		fmt.Printf(format+"\n", args...)
+	}
+	tenantsDone := make(chan error, 1)
+	go func() { tenantsDone <- runTenants(ctx, db, id, say) }()
 	err = supervise.Run(ctx, l, func(ctx context.Context) error {
-		fmt.Println("leading", time.Now().UnixNano())
+		say("leading %d", time.Now().UnixNano())
 		<-ctx.Done() // the job: here, nothing but waiting to be told to stop
-		fmt.Println("stopped")
+		say("stopped")
 		return nil
 	})
+	if terr := <-tenantsDone; err == nil {
+		err = terr
+	}
 	if err != nil {
-		fmt.Println("error", err)
+		say("error %v", err)
 		return 1
 	}
 	return 0
@@ -114,6 +127,7 @@ func story(out io.Writer, url string) error {
 		return err
 	}
 	leads := make(chan leadEvent, 16)
+	tm := newTenantMap()
 	var nodes []*proc
 	defer func() {
 		for _, p := range nodes {
@@ -139,6 +153,9 @@ func story(out io.Writer, url string) error {
 			sc := bufio.NewScanner(stdout)
 			for sc.Scan() {
 				f := strings.Fields(sc.Text())
+				if tm.event(p.id, f) {
+					continue
+				}
 				if len(f) == 2 && f[0] == "leading" {
 					ns, _ := strconv.ParseInt(f[1], 10, 64)
 					leads <- leadEvent{p.id, time.Unix(0, ns)}
@@ -177,7 +194,19 @@ func story(out io.Writer, url string) error {
 	if err := waitForWaiters(db, 2); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%s leads. The other two wait, blocked in PostgreSQL.\n\n", first.id)
+	fmt.Fprintf(out, "%s leads. The other two wait, blocked in PostgreSQL.\n", first.id)
+	ids := []string{"node-1", "node-2", "node-3"}
+	if err := tm.wait(func(on map[string]string) bool {
+		per := map[string]int{}
+		for _, n := range on {
+			per[n]++
+		}
+		return len(per) == 3 && per["node-1"] == per["node-2"] && per["node-2"] == per["node-3"]
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Each node also runs a worker per tenant, %d tenants, each on one node at a time, on one postgres.Session per node:\n  %s\n  server connections per node for all of them: %s.\n\n",
+		len(tenants), tm.spread(ids), tenantConns(db, ids))
 
 	fmt.Fprintf(out, "Crash: SIGKILL %s.\n", first.id)
 	killed := time.Now()
@@ -188,8 +217,14 @@ func story(out io.Writer, url string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%s leads: takeover %v after the crash (no lease to expire: the server freed the lock when the connection died).\n\n",
+	fmt.Fprintf(out, "%s leads: takeover %v after the crash (no lease to expire: the server freed the lock when the connection died).\n",
 		second.id, second.at.Sub(killed).Round(10*time.Microsecond))
+	its := tm.forget(first.id)
+	took, err := tm.movedAfter(first.id, its, killed)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Its tenants (%s) run elsewhere %v after the crash: %s.\n\n", strings.Join(its, ", "), took.Round(100*time.Microsecond), tm.spread(ids))
 
 	fmt.Fprintf(out, "Deploy: SIGTERM %s; it stops its job, then releases the lock.\n", second.id)
 	stopped := time.Now()
@@ -202,7 +237,18 @@ func story(out io.Writer, url string) error {
 	if err := leaver.cmd.Wait(); err != nil {
 		return fmt.Errorf("%s did not exit cleanly: %v", leaver.id, err)
 	}
-	fmt.Fprintf(out, "%s leads: hand-over %v after SIGTERM.\n\n", third.id, third.at.Sub(stopped).Round(10*time.Microsecond))
+	fmt.Fprintf(out, "%s leads: hand-over %v after SIGTERM.\n", third.id, third.at.Sub(stopped).Round(10*time.Microsecond))
+	if err := tm.wait(func(on map[string]string) bool {
+		for _, n := range on {
+			if n != third.id {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Its tenants stopped first, then passed on: %s.\n\n", tm.spread(ids))
 
 	if h, err := postgres.WhoHolds(context.Background(), db, lockName); err == nil && h != nil {
 		fmt.Fprintf(out, "onlyone status says: %s holds %q (backend pid %d, %s).\n", h.ApplicationName, lockName, h.PID, h.ClientAddr)

@@ -194,55 +194,73 @@
 // is one node's membership, Session.Locker a name on it (as etcd's
 // concurrency.NewSession and NewMutex). A Session uses at most two pinned
 // connections of the pool, whatever the number of names it holds or waits
-// for:
+// for, and no other:
 //
 //   - the holding connection is the hold of a presence lock (a key in a
 //     reserved range, one per Session): it is set up, quarantined after a
 //     restart and heartbeated exactly as a Locker's, and holds every name
-//     the Session holds. Its heartbeat, still a statement in flight that
-//     waits HeartbeatInterval on the server, goes on after the wait, in the
-//     same statement, to unlock released names, take free ones (a batched
-//     pg_try_advisory_lock, at most the Session's share) and read the live
-//     Sessions (presence locks in pg_locks). When that connection ends,
-//     every name's Lost closes: the loss deadline, the server-side bound
-//     and the quarantine are the Session's, so they hold for every name.
-//   - the watching connection waits, in chunks of WaitChunk, in shared mode
-//     on the doorbell lock of the next live Session (in the order of their
-//     ids, around a ring: each live Session is watched by one other). A
-//     Session holds its own doorbell exclusively on its holding
-//     connection. When the doorbell is granted, the watched Session crashed
-//     or was cut off (the server ended its session) or rang it: it released
-//     names (it lets the doorbell go and takes it back at once). The
-//     watcher then interrupts its own heartbeat's wait (pg_cancel_backend,
-//     when and only when it waits in pg_sleep), so the next heartbeat
-//     takes what is free at once; a Session that leaves free names it did
-//     not take rings in turn, passing them on. Measured, 3 node processes ×
-//     300 names: the names of a SIGKILLed node ran elsewhere within
-//     23–41ms; a closed Session's names were on another node within
-//     36–77ms (TestSessionNodes).
+//     the Session holds. Its heartbeat is still a statement in flight that
+//     waits HeartbeatInterval on the server (by the server's clock), and
+//     the wait is also the Session's watch over the others: in steps of
+//     10ms it tries, in shared mode, the doorbell of the next live Session
+//     (in the order of their ids, around a ring: each live Session is
+//     watched by one other). A Session holds its own doorbell exclusively;
+//     the try succeeds once that Session crashed or was cut off (the
+//     server ended its session) or rang (it released names, and moved its
+//     doorbell to a second key). The wait then ends at once and the same
+//     statement goes on to unlock released names, take free ones (a
+//     batched pg_try_advisory_lock, at most the Session's share) and read
+//     the live Sessions (presence locks in pg_locks); a Session that
+//     leaves free names it did not take rings in turn, passing them on.
+//     When that connection ends, every name's Lost closes: the loss
+//     deadline, the server-side bound and the quarantine are the
+//     Session's, so they hold for every name.
+//   - the poker, an idle connection, interrupts the holding connection's
+//     wait (pg_cancel_backend, when and only when it sleeps) when a name
+//     is released, so that the unlock and the ring follow at once rather
+//     than at the next heartbeat. It holds no lock.
 //
-// So a node with one Session pins two server connections: 3 replicas ×
-// any number of names = 6 pinned connections, where Lockers would pin 3 ×
-// names. Release also borrows a connection of the pool for a moment, as a
-// Locker's does, to interrupt the heartbeat (at most one at a time per
-// Session), and the pool keeps one idle for it, which the application
-// shares (measured: 3 × 2 pinned + 3 idle for 3 nodes × 1,000 names);
-// without one to spare the release waits for the next heartbeat. A
-// Session that holds and waits for no name keeps no connection.
+// Measured, 3 node processes × 300 names: the names of a SIGKILLed node
+// ran elsewhere within 25–36ms; a closed Session's names were on another
+// node within 35–50ms (TestSessionNodes). Now and then the last of them
+// waits for a heartbeat instead (HeartbeatInterval): seen in about 1 of 10
+// runs of TestSessionWatchesJoinerAtOnce before a Session that saw
+// another leave looked again 20ms later (an ending backend releases its
+// locks one lock partition at a time), and not since; the test asserts
+// the first name only.
 //
-// Idle, a Session sends one heartbeat per HeartbeatInterval and one watch
-// statement per WaitChunk (1.5 statements per second with the defaults),
-// whatever the number of names.
+// So a node with one Session costs the server two connections: 3 replicas
+// × any number of names = 6, where Lockers would pin 3 × names
+// (TestSessionNodes counts every connection a node's pool opens; for 3
+// nodes × 1,000 names, bench/MANY.md measured [2 2 2] at the start and
+// after thousands of hand-overs). A Session that holds and
+// waits for no name keeps no connection. (A supervisor asks who holds a
+// name, through the pool, when it starts to wait: that is the
+// application's query, not the Session's.)
+//
+// Idle, a Session sends one statement per HeartbeatInterval (its
+// heartbeat, which watches too), whatever the number of names: 0.93 per
+// second with the defaults, measured for 3 nodes × 1,000 names
+// (bench/MANY.md). Watching costs the server a try-lock and a wake-up
+// every 10ms per Session: the idle server CPU of a node's backends was
+// 2.1–2.6% of a core in four runs, against 1.7–2.1% for the earlier
+// design whose second connection waited on the doorbell (most of either
+// is the holding backend's client_connection_check_interval). The wait
+// holds a snapshot for at most HeartbeatInterval, as a plain Locker's
+// heartbeat does.
 //
 // Spreading (WithSpread, on by default): a Session takes free names up to
 // its share, ceil(names it contends for / live Sessions), and gives up
 // what it holds beyond it — the extra names' Lost closes with the cause
 // ErrShed, the supervisor stops their work and calls Release, and another
-// Session takes them. The share assumes the Sessions of a database contend
-// for the same names, as the replicas of one service do; a name that stays
-// free for two heartbeats is taken whatever the share (no other Session
-// wanted it) and not given up for ten heartbeats. With different sets of
-// names per Session, or to keep names where they started, turn spreading
+// Session takes them. The live Sessions counted are those that contend for
+// the same names: that hold one of them, or show an interest in one (each
+// Session keeps a shared lock on an interest key for the lowest name it
+// wants that another session holds), or hold nothing yet (one that has
+// just started), so Sessions of other services in the same database do
+// not count once they hold their own names. A name that stays free for two heartbeats
+// is taken whatever the share (no other Session wanted it) and not given
+// up for ten heartbeats. To keep names where they started, turn spreading
 // off.
 //
 // Limits: every advisory lock of every session of the server lives in
@@ -250,8 +268,9 @@
 // (max_connections + background processes + max_prepared_transactions)
 // entries — 64 × 122 = 7,808 with PostgreSQL 15's defaults — and it may
 // grow into spare shared memory beyond that (measured: about 44,000 on a
-// server with max_connections = 400 sized for 27,008). A Session uses 2
-// entries of its own, plus one per name held. For 10,000 names on a server
+// server with max_connections = 400 sized for 27,008). A Session uses 3
+// or 4 entries of its own (presence, doorbell, interest), plus one per
+// name held. For 10,000 names on a server
 // with default settings set max_locks_per_transaction = 128 (a restart).
 // When the table is full (SQLSTATE 53200), an Acquire fails with
 // ErrLockTableFull and the names held stay held

@@ -175,7 +175,7 @@ func (h *hold) heartbeat() {
 	spared := make(chan struct{})
 	go func(flushed bool) {
 		defer close(spared)
-		if flushed {
+		if flushed && h.sess == nil { // a Session interrupts its heartbeat from its own second connection
 			h.l.keepSpare()
 		}
 	}(err == nil)

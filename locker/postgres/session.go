@@ -9,26 +9,39 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/onlyone-go/onlyone/locker"
 )
 
 // The reserved key space: the advisory-lock keys whose upper 32 bits
-// (pg_locks.classid) are these hold a Session's presence and its doorbell.
-// Session.Locker refuses a name whose Key falls there (1 name in 2^31).
+// (pg_locks.classid) are these hold a Session's presence, its doorbell
+// (two keys: a ring moves it from one to the other) and its interest in a
+// name another session holds (in shared mode; the lower 32 bits are the
+// name's). Session.Locker refuses a name whose Key falls there (4 names
+// in 2^32).
 const (
 	presenceClass = 0x6f6e6c79 // "only"
 	bellClass     = 0x6f6e6c7a
+	bellClass2    = 0x6f6e6c7b
+	interestClass = 0x6f6e6c7c
 )
 
 func presenceKey(id uint32) int64 { return int64(uint64(presenceClass)<<32 | uint64(id)) }
 func bellKey(id uint32) int64     { return int64(uint64(bellClass)<<32 | uint64(id)) }
 
+// otherBell returns the doorbell key a ring moves to from bell.
+func otherBell(bell int64) int64 {
+	c, o := KeyParts(bell)
+	if c == bellClass {
+		return int64(uint64(bellClass2)<<32 | uint64(o))
+	}
+	return int64(uint64(bellClass)<<32 | uint64(o))
+}
+
 func reserved(key int64) bool {
 	c, _ := KeyParts(key)
-	return c == presenceClass || c == bellClass
+	return c >= presenceClass && c <= interestClass
 }
 
 // ErrLockTableFull is the error of an Acquire that found the server's
@@ -43,10 +56,11 @@ var ErrLockTableFull = errors.New("the server's shared lock table is full (SQLST
 var ErrShed = errors.New("given up to spread names over the live Sessions")
 
 // A Session is one node's membership in a group of contenders for many
-// names: one pinned server connection holds every lock its Lockers hold and
-// keeps a heartbeat in flight, and one more watches the other Sessions, so
-// a node costs at most two server connections whatever the number of names
-// it holds or waits for. It is to Locker what etcd's concurrency.Session is
+// names: one pinned server connection holds every lock its Lockers hold,
+// keeps a heartbeat in flight and, in the same statement, watches the
+// other Sessions; one more, idle, interrupts that heartbeat when a name is
+// released. So a node costs at most two server connections whatever the
+// number of names it holds or waits for. It is to Locker what etcd's concurrency.Session is
 // to its Mutex: the Session owns the connection, the heartbeat, the loss
 // deadline and the server-side bound; a Locker made by Session.Locker is a
 // name on it. See the package doc, "Many singletons".
@@ -120,6 +134,12 @@ func (s *Session) Locker(name string) (locker.Locker, error) {
 // has passed, before it ends the connection that holds them: ending it
 // frees every name at once. Acquire on a Locker of a closed Session
 // returns an error.
+//
+// Close returns within Grace + HeartbeatInterval + 2s, even when the
+// network to the server has gone silent and the driver ignores deadlines
+// there (lib/pq): it then returns an error, every Lost is closed all the
+// same, the connections are destroyed once the driver gives them back,
+// and the server frees the names within SessionTimeout in any case.
 func (s *Session) Close() error {
 	s.start.Lock()
 	defer s.start.Unlock()
@@ -154,7 +174,7 @@ func (s *Session) runFor(ctx context.Context) (*run, error) {
 		return r, nil
 	}
 	if r != nil {
-		// The old run's watcher ends by itself once its hold is lost.
+		// The old run's poker ends by itself once its hold is lost.
 		select {
 		case <-r.done:
 		case <-ctx.Done():
@@ -177,7 +197,7 @@ func (s *Session) runFor(ctx context.Context) (*run, error) {
 	r.h = s.pres.cur
 	s.pres.mu.Unlock()
 	go r.watchLoss()
-	go r.watch()
+	go r.poker()
 	s.mu.Lock()
 	s.cur = r
 	s.mu.Unlock()
@@ -186,29 +206,33 @@ func (s *Session) runFor(ctx context.Context) (*run, error) {
 }
 
 // A run is one connection's worth of a Session: the hold of its presence
-// lock, on which every name is held, and the watcher.
+// lock, on which every name is held and which also watches the other
+// Sessions (see beatSQL), and the poker, which interrupts that hold's
+// heartbeat from a second connection when a name is released.
 type run struct {
 	s *Session
 	h *hold // set once the presence lock is held; beat is handed it instead
 
-	poking atomic.Bool // a poke through the pool is in flight
-
-	stop  chan struct{} // closed by close: the watcher ends
-	done  chan struct{} // closed when the watcher has ended
+	pokes chan struct{} // a release asks the poker to interrupt the heartbeat (buffered, 1)
+	done  chan struct{} // closed when the poker has ended
 	ended chan struct{} // closed when watchLoss has ended
 
 	mu        sync.Mutex
-	closing   bool             // no more claims: the run is being closed
-	claims    map[int64]*grant // one waiting or holding grant per name
-	unlock    []int64          // released names to unlock at the next beat
-	ring      bool             // ring the doorbell at the next beat
-	bellHeld  bool
+	closing   bool                // no more claims: the run is being closed
+	claims    map[int64]*grant    // one waiting or holding grant per name
+	unlock    []int64             // released names to unlock at the next beat
+	ring      bool                // ring the doorbell at the next beat
+	bell      int64               // the doorbell key this Session holds; 0 while it holds none
+	bellKnown bool                // bell is known: false after a beat that failed part way
 	dirty     bool                // beat at once: there is work
-	live      []int64             // presence ids of the live Sessions, sorted, as of the last beat
+	live      []int64             // presence ids of the live Sessions that contend for these names, sorted, as of the last beat
+	bells     []int64             // the doorbell keys held by any Session, as of the last beat
+	interest  int64               // the interest key this Session holds in shared mode; 0 for none
 	freeSince map[int64]time.Time // names seen free and not taken in every beat since
 	keep      map[int64]time.Time // names taken past the share because nobody took them, when: not shed for keepFor
 	shedAt    map[int64]time.Time // when this Session last shed a name
-	rungFree  int                 // free names left over when the doorbell last rang
+	rungFree  []int64             // free names left over when the doorbell last rang, sorted
+	left      bool                // a Session left the live set at the last beat: look again soon
 	fullUntil time.Time           // no takes before: the lock table was full
 	beatDone  chan struct{}       // closed and replaced after each beat
 	dropped   chan struct{}       // closed and replaced when a claim is dropped
@@ -217,7 +241,7 @@ type run struct {
 func newRun(s *Session) *run {
 	return &run{
 		s:         s,
-		stop:      make(chan struct{}),
+		pokes:     make(chan struct{}, 1),
 		done:      make(chan struct{}),
 		ended:     make(chan struct{}),
 		claims:    map[int64]*grant{},
@@ -275,7 +299,9 @@ func (r *run) watchLoss() {
 }
 
 // close ends the run: every name released, the connection unlocked and
-// destroyed, the watcher stopped.
+// destroyed, the poker stopped. It returns within Grace +
+// HeartbeatInterval + 2s, even when the driver is stuck on a silent
+// network.
 func (r *run) close() error {
 	r.mu.Lock()
 	r.closing = true
@@ -288,10 +314,24 @@ func (r *run) close() error {
 	// every name at once, so first wait until each is released (its work
 	// stopped, under package supervise) or Grace has passed.
 	_ = r.waitReleased(context.Background(), r.s.cfg.grace)
-	err := r.s.pres.Release(context.Background())
-	close(r.stop)
-	<-r.done
+	// End the hold first: the poker then interrupts the heartbeat's wait
+	// from the Session's own second connection, and the presence Locker's
+	// Release, finding the hold ended, borrows no connection of the pool
+	// to do it. The heartbeat unlocks everything and ends the session.
+	r.h.end(locker.ErrNotHeld)
+	// Release with a done context: it waits HeartbeatInterval + 1s of its
+	// own for the unlock, and no longer (a driver stuck on a silent
+	// network); the connection is then destroyed when the driver returns.
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := r.s.pres.Release(done)
 	<-r.ended
+	t := time.NewTimer(reapTimeout)
+	defer t.Stop()
+	select {
+	case <-r.done:
+	case <-t.C: // the poker is stuck in the driver too; it ends when that returns
+	}
 	if err != nil {
 		return r.s.errorf("close: %w", err)
 	}
@@ -426,47 +466,78 @@ func (r *run) drop(g *grant) <-chan struct{} {
 	return next
 }
 
-// beatSQL is a Session's heartbeat. Like heartbeatSQL it waits on the
-// server for $1 seconds, so that a statement is always in flight on the
-// holding connection and its end is seen at once; then, in the same
-// statement, in this order (each step a LATERAL subquery on the one
+// beatSQL is a Session's heartbeat, and its watch over the other
+// Sessions. Like heartbeatSQL it first waits on the server — $1 seconds
+// by the server's clock, in steps of $14 — so that a statement is always in flight on the
+// holding connection and its end is seen at once. Between steps it tries
+// the key $15 in shared mode, and stops waiting as soon as it gets it (and
+// lets it go): $15 is the doorbell of the next live Session around the
+// ring (or its presence key while it holds no doorbell), which is free
+// once that Session rang it or ended. The wait is a loop of short sleeps
+// rather than one blocking lock wait because lock_timeout would end the
+// statement with an error, and with it the rest of the beat. Then, in the
+// same statement, in this order (each step a LATERAL subquery on the one
 // before, which the server must evaluate first):
 //
 //  1. unlock the names released since the last beat ($2);
-//  2. ring the doorbell ($3: release the bell key $4 — the watcher of this
-//     Session, waiting on it in shared mode, is granted it and wakes — and
-//     try to take it back at once), or take the bell if not held ($5 false);
-//  3. read pg_locks once: the live Sessions (presence keys, classid $6) and
-//     every name held;
+//  2. ring the doorbell ($3: take the other doorbell key $16 and release
+//     the one held, $4 — the watcher of this Session, trying $4, wakes),
+//     or, when the doorbell held is not known ($5 false), look in pg_locks
+//     and take one if none is held;
+//  3. read pg_locks once: the live Sessions that contend for these names
+//     (presence keys, classid $6, of sessions that hold one of the names
+//     wanted, $17, or an interest in one, or no name and no interest at
+//     all: one that has just started), every name held, every doorbell
+//     held;
 //  4. take free names ($7), as many as the share allows: share($8 names
 //     wanted, live Sessions, this Session's id $13) − $9 held already ($10
 //     false: spreading off, all of them);
 //  5. take the names ($11) seen free for forceAfter heartbeats whatever
 //     the share: no other Session wanted them;
-//  6. report the wanted names still free, and a fencing token when it took
+//  6. show an interest in one wanted name that another session holds
+//     (the lowest; in shared mode, in place of the last one, $18), so
+//     that the Sessions holding these names count this one in step 3;
+//  7. report the wanted names still free, and a fencing token when it took
 //     any (a transaction id flushed to WAL, as lockSQL does).
-const beatSQL = `SELECT s.pid, b.bell, l.live, t.taken, f.forced, e.free,
+const beatSQL = `SELECT s.pid, b.bell, l.live, l.bells, t.taken, f.forced, e.free, i.interest,
 	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
 		THEN pg_catalog.txid_current() END,
 	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
 		THEN pg_catalog.pg_logical_emit_message(true, 'onlyone', $12)::text END
-FROM (SELECT pg_catalog.pg_backend_pid() AS pid, pg_catalog.pg_sleep($1)::text AS z OFFSET 0) s
+FROM (SELECT pg_catalog.pg_backend_pid() AS pid, (SELECT count(*) FROM (SELECT 1 FROM pg_catalog.generate_series(0, pg_catalog.ceil($1::float8 / $14::float8)::int) i
+		WHERE CASE WHEN pg_catalog.clock_timestamp() >= pg_catalog.statement_timestamp() + $1::float8 * interval '1 second' THEN true
+			WHEN $15::bigint <> 0 AND pg_catalog.pg_try_advisory_lock_shared($15::bigint)
+			THEN pg_catalog.pg_advisory_unlock_shared($15::bigint)
+			ELSE pg_catalog.pg_sleep(LEAST($14::float8, pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()
+				+ $1::float8 * interval '1 second' - pg_catalog.clock_timestamp()))) IS NULL END
+		LIMIT 1) w) AS woke OFFSET 0) s
 CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) AS n
-	FROM pg_catalog.unnest($2::bigint[]) k WHERE s.z IS NOT NULL) u
+	FROM pg_catalog.unnest($2::bigint[]) k WHERE s.woke IS NOT NULL) u
 CROSS JOIN LATERAL (SELECT CASE
-		WHEN $3 THEN CASE WHEN pg_catalog.pg_advisory_unlock($4) THEN pg_catalog.pg_try_advisory_lock($4) ELSE pg_catalog.pg_try_advisory_lock($4) END
-		WHEN $5 THEN true
-		WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()
-			AND classid::bigint = ($4::bigint >> 32) & 4294967295 AND objid::bigint = $4::bigint & 4294967295 AND objsubid = 1 AND granted) THEN true
-		ELSE pg_catalog.pg_try_advisory_lock($4) END AS bell
+		WHEN $3 THEN CASE WHEN pg_catalog.pg_try_advisory_lock($16::bigint)
+			THEN CASE WHEN pg_catalog.pg_advisory_unlock($4::bigint) THEN $16::bigint ELSE $16::bigint END
+			ELSE $4::bigint END
+		WHEN $5 THEN $4::bigint
+		ELSE (SELECT CASE WHEN count(*) = 0 THEN CASE WHEN pg_catalog.pg_try_advisory_lock($4::bigint) THEN $4::bigint ELSE 0 END
+				WHEN count(*) = 1 THEN max(k)
+				WHEN pg_catalog.pg_advisory_unlock(min(k)) THEN max(k) ELSE max(k) END
+			FROM (SELECT (classid::bigint << 32) | objid::bigint AS k FROM pg_catalog.pg_locks
+				WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() AND objsubid = 1 AND granted AND mode = 'ExclusiveLock'
+				  AND classid::bigint IN (1869507706, 1869507707) AND objid::bigint = $13) o)
+		END AS bell
 	WHERE u.n IS NOT NULL OFFSET 0) b
-CROSS JOIN LATERAL (SELECT
-		coalesce(pg_catalog.array_agg(o ORDER BY o) FILTER (WHERE c = $6), '{}') AS live,
-		coalesce(pg_catalog.array_agg((c << 32) | o) FILTER (WHERE c <> $6), '{}') AS held
-	FROM (SELECT classid::bigint AS c, objid::bigint AS o FROM pg_catalog.pg_locks
-		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND mode = 'ExclusiveLock'
+CROSS JOIN LATERAL (WITH x AS MATERIALIZED (SELECT pid AS p, classid::bigint AS c, objid::bigint AS o FROM pg_catalog.pg_locks
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND (mode = 'ExclusiveLock' OR classid::bigint = 1869507708)
 		  AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-		  AND b.bell IS NOT NULL) x) l
+		  AND b.bell IS NOT NULL),
+	n AS (SELECT DISTINCT p FROM x WHERE c < $6 OR c > 1869507707),
+	k AS (SELECT pg_catalog.unnest($17::bigint[]) AS k),
+	w AS (SELECT x.p FROM x JOIN k ON (x.c << 32) | x.o = k.k
+		UNION SELECT x.p FROM x JOIN k ON x.c = 1869507708 AND x.o = k.k & 4294967295)
+	SELECT coalesce((SELECT pg_catalog.array_agg(o ORDER BY o) FROM x WHERE c = $6
+			AND (p = pg_catalog.pg_backend_pid() OR p IN (SELECT p FROM w) OR p NOT IN (SELECT p FROM n))), '{}') AS live,
+		coalesce((SELECT pg_catalog.array_agg((c << 32) | o) FROM x WHERE c < $6 OR c > 1869507708), '{}') AS held,
+		coalesce((SELECT pg_catalog.array_agg((c << 32) | o) FROM x WHERE c IN (1869507706, 1869507707)), '{}') AS bells) l
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS taken FROM (
 		SELECT k FROM pg_catalog.unnest($7::bigint[]) k
 		WHERE pg_catalog.pg_try_advisory_lock(k)
@@ -477,16 +548,24 @@ CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS forced FRO
 	WHERE k <> ALL (t.taken) AND pg_catalog.pg_try_advisory_lock(k)) f
 CROSS JOIN LATERAL (SELECT coalesce(pg_catalog.array_agg(k), '{}') AS free FROM (
 		SELECT pg_catalog.unnest($7::bigint[]) EXCEPT SELECT pg_catalog.unnest(l.held)
-		EXCEPT SELECT pg_catalog.unnest(t.taken) EXCEPT SELECT pg_catalog.unnest(f.forced)) e(k)) e`
+		EXCEPT SELECT pg_catalog.unnest(t.taken) EXCEPT SELECT pg_catalog.unnest(f.forced)) e(k)) e
+CROSS JOIN LATERAL (SELECT CASE WHEN j.key IS NOT DISTINCT FROM $18::bigint THEN $18::bigint
+		ELSE (SELECT CASE WHEN j.key IS NULL THEN 0::bigint WHEN pg_catalog.pg_try_advisory_lock_shared(j.key) THEN j.key ELSE 0::bigint END
+			FROM (SELECT $18::bigint = 0 OR pg_catalog.pg_advisory_unlock_shared($18::bigint) AS z) u WHERE u.z IS NOT NULL) END AS interest
+	FROM (SELECT (1869507708::bigint << 32) | (min(k) & 4294967295) AS key FROM (
+		SELECT pg_catalog.unnest($7::bigint[]) INTERSECT SELECT pg_catalog.unnest(l.held)) h(k)) j) i`
 
-// reconcileSQL unlocks those of the names $1 that this session holds: a
-// beat that failed part way (a cancel meant for its sleep that came late,
+// reconcileSQL unlocks those of the names $1 that this session holds, and
+// its interest (see beatSQL): a beat that failed part way (a cancel meant for its sleep that came late,
 // a full lock table) may have taken some without saying which, and
 // session locks outlive a failed statement.
 const reconcileSQL = `SELECT pg_catalog.pg_backend_pid(), (SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock(k)) FROM (
 	SELECT pg_catalog.unnest($1::bigint[])
 	INTERSECT SELECT (classid::bigint << 32) | objid::bigint FROM pg_catalog.pg_locks
-		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND pid = pg_catalog.pg_backend_pid()) i(k))`
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND mode = 'ExclusiveLock' AND pid = pg_catalog.pg_backend_pid()) i(k)),
+	(SELECT count(*) FILTER (WHERE pg_catalog.pg_advisory_unlock_shared((classid::bigint << 32) | objid::bigint)) FROM pg_catalog.pg_locks
+		WHERE locktype = 'advisory' AND objsubid = 1 AND granted AND mode = 'ShareLock' AND classid::bigint = 1869507708
+		  AND pid = pg_catalog.pg_backend_pid())`
 
 // int64s is a bigint[] parameter both drivers take: its text form.
 type int64s []int64
@@ -547,32 +626,52 @@ const (
 	keepFor     = 10
 )
 
-// bellRetry is how soon a heartbeat tries again to take the doorbell back.
+// bellRetry is how soon a heartbeat tries again to take a doorbell, or
+// to ring it, when it could not: a watcher held it in shared mode for a
+// moment.
 const bellRetry = 20 * time.Millisecond
 
+// pollEvery is the step of the heartbeat's wait: how often it tries the
+// watched Session's doorbell. A crash or a ring of that Session is seen
+// within it (half of it on average). Each step costs the server a
+// try-lock and a wake-up (measured: see bench/MANY.md).
+const pollEvery = 10 * time.Millisecond
+
 // beat runs one Session heartbeat on h's connection (see beatSQL) and
-// hands out what it took. A beat that was cancelled (the watcher's poke)
-// or found the lock table full is not a loss: it reconciles, and counts as
-// a heartbeat since the session answered. ok is false when there is
-// nothing to count.
+// hands out what it took. A beat that was cancelled (the poker, on a
+// release) or found the lock table full is not a loss: it reconciles, and
+// counts as a heartbeat since the session answered. ok is false when
+// there is nothing to count.
 func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	cfg := r.s.cfg
 	r.mu.Lock()
-	sleep := cfg.heartbeat.Seconds()
+	sleep := cfg.heartbeat
 	switch {
-	case r.dirty || len(r.unlock) > 0 || r.ring && r.bellHeld:
+	case r.dirty || len(r.unlock) > 0 || r.ring && r.bell != 0 && r.bellKnown:
 		sleep = 0
-	case !r.bellHeld:
-		// The doorbell is down after a ring until the watcher that was
-		// granted it lets go: take it back soon (a ring waits for it).
-		sleep = min(sleep, bellRetry.Seconds())
+	case r.bell == 0 || !r.bellKnown || r.ring || r.left:
+		// No doorbell yet (or a ring that could not move it): try again
+		// soon. Or a Session just left: a backend that ends releases its
+		// locks one lock partition at a time, so the last beat may have
+		// seen it gone while some of its names were still held; look
+		// again soon, since nobody watches those any more.
+		sleep = min(sleep, bellRetry)
 	}
+	r.left = false
 	r.dirty = false
 	unlock := slices.Clone(r.unlock)
-	ring, bellHeld := r.ring && r.bellHeld, r.bellHeld
-	var cands, forced []int64
+	known := r.bellKnown && r.bell != 0
+	bell := r.bell
+	if bell == 0 {
+		bell = bellKey(r.s.id)
+	}
+	ring := r.ring && known
+	watch := r.watchKeyLocked()
+	interest := r.interest
+	var cands, forced, wanted []int64
 	held := 0
 	for k, g := range r.claims {
+		wanted = append(wanted, k)
 		switch {
 		case g.held:
 			held++
@@ -588,26 +687,27 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	full := time.Now().Before(r.fullUntil)
 	if full {
 		// Nothing that needs a new entry in the lock table: no takes, and
-		// the doorbell neither rung nor taken back. (bellHeld is sent as
-		// true only to skip the doorbell; its answer says nothing.)
+		// the doorbell neither rung nor taken. (known is sent as true only
+		// to leave the doorbell alone; the answer is the key sent.)
 		cands, forced = nil, nil
-		ring, bellHeld = false, true
+		ring, known = false, true
 	}
 	r.mu.Unlock()
 
 	var (
-		bell                     bool
-		live, taken, took2, free string
-		token                    sql.NullInt64
-		lsn                      sql.NullString
+		newBell, newInterest            int64
+		live, bells, taken, took2, free string
+		token                           sql.NullInt64
+		lsn                             sql.NullString
 	)
 	sent := time.Now()
-	err = h.conn.QueryRowContext(ctx, beatSQL, sleep, int64s(unlock).text(), ring, bellKey(r.s.id), bellHeld,
+	err = h.conn.QueryRowContext(ctx, beatSQL, sleep.Seconds(), int64s(unlock).text(), ring, bell, known,
 		int64(presenceClass), int64s(cands).text(), want, held, !cfg.noSpread, int64s(forced).text(),
-		"fencing token for a session "+fmt.Sprintf("%08x", r.s.id), int64(r.s.id)).
-		Scan(&pid, &bell, &live, &taken, &took2, &free, &token, &lsn)
+		"fencing token for a session "+fmt.Sprintf("%08x", r.s.id), int64(r.s.id), pollEvery.Seconds(), watch,
+		otherBell(bell), int64s(wanted).text(), interest).
+		Scan(&pid, &newBell, &live, &bells, &taken, &took2, &free, &newInterest, &token, &lsn)
 	if err != nil {
-		// A cancelled beat (the watcher's poke, which may come late, or an
+		// A cancelled beat (the poker's, which may come late, or an
 		// operator's pg_cancel_backend) leaves the session alive, and so
 		// does a full lock table: neither is a loss.
 		full := sqlState(err) == "53200"
@@ -622,7 +722,8 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 			return 0, false, fmt.Errorf("%w (and then: %v)", rerr, err)
 		}
 		r.mu.Lock()
-		r.bellHeld = false // the ring may have stopped half way; the next beat looks
+		r.bellKnown = false // a ring may have stopped half way; the next beat looks
+		r.interest = 0      // reconcile let it go
 		if full {
 			r.fullUntil = time.Now().Add(cfg.waitChunk)
 			for _, k := range append(cands, forced...) {
@@ -642,10 +743,11 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		return 0, false, fmt.Errorf("%w: a heartbeat answer read %v after it was sent", errStaleGrant, late.Round(time.Millisecond))
 	}
 	liveIDs, err1 := parseInt64s(live)
-	tk, err2 := parseInt64s(taken)
-	fk, err3 := parseInt64s(took2)
-	fr, err4 := parseInt64s(free)
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
+	bellKeys, err2 := parseInt64s(bells)
+	tk, err3 := parseInt64s(taken)
+	fk, err4 := parseInt64s(took2)
+	fr, err5 := parseInt64s(free)
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return 0, false, err
 	}
 	r.mu.Lock()
@@ -656,14 +758,25 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		return pid, true, nil
 	}
 	r.unlock = r.unlock[len(unlock):]
-	if ring {
+	slices.Sort(fr)
+	if ring && newBell != bell {
 		r.ring = false
-		r.rungFree = len(fr)
+		r.rungFree = fr
 	}
 	if !full {
-		r.bellHeld = bell
+		r.bell, r.bellKnown = newBell, true
+	}
+	if !slices.Equal(liveIDs, r.live) {
+		r.rungFree = nil // the Sessions changed: free names are news again
+		for _, id := range r.live {
+			if _, found := slices.BinarySearch(liveIDs, id); !found {
+				r.left = true
+			}
+		}
 	}
 	r.live = liveIDs
+	r.bells = bellKeys
+	r.interest = newInterest
 	for _, k := range fk {
 		r.keep[k] = time.Now()
 	}
@@ -690,9 +803,9 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	r.freeSince = since
 	// Free names left over that this Session is not taking: ring, so that
 	// the Session that watches this one looks (it may be under its share).
-	// Only when the number changed since the last ring, so that names no
-	// Session takes do not ring around forever.
-	if len(fr) > 0 && len(fr) != r.rungFree {
+	// Only when they are not the ones left over at the last ring, so that
+	// names no Session takes do not ring around forever.
+	if len(fr) > 0 && !slices.Equal(fr, r.rungFree) {
 		r.ring = true
 	}
 	if len(tk)+len(fk) > 0 || len(fr) > 0 {
@@ -702,6 +815,29 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	close(r.beatDone)
 	r.beatDone = make(chan struct{})
 	return pid, true, nil
+}
+
+// watchKeyLocked returns the key the next beat waits on: the doorbell of
+// the next live Session in the order of their ids, around the ring, or
+// its presence key while it holds no doorbell; 0 when this Session is
+// alone. The ring is read afresh at every beat, so a Session that joins
+// is watched from the next heartbeat of the one before it.
+func (r *run) watchKeyLocked() int64 {
+	if len(r.live) < 2 {
+		return 0
+	}
+	me := int64(r.s.id)
+	i, _ := slices.BinarySearch(r.live, me+1)
+	next := r.live[i%len(r.live)]
+	if next == me {
+		return 0
+	}
+	for _, k := range r.bells {
+		if _, o := KeyParts(k); int64(o) == next {
+			return k
+		}
+	}
+	return presenceKey(uint32(next))
 }
 
 // share returns how many of want names the Session id should hold when
@@ -749,8 +885,8 @@ func (r *run) shedLocked(pid int) {
 // reconcileSQL), and returns the backend pid: the session lives on.
 func (r *run) reconcile(ctx context.Context, h *hold, keys []int64) (pid int, err error) {
 	for i := 0; i < unlockTries; i++ {
-		var n int
-		err = h.conn.QueryRowContext(ctx, reconcileSQL, int64s(keys).text()).Scan(&pid, &n)
+		var n, m int
+		err = h.conn.QueryRowContext(ctx, reconcileSQL, int64s(keys).text()).Scan(&pid, &n, &m)
 		if err == nil || sqlState(err) != "57014" {
 			break
 		}
@@ -758,53 +894,26 @@ func (r *run) reconcile(ctx context.Context, h *hold, keys []int64) (pid int, er
 	return pid, err
 }
 
-// watchTarget returns the bell key of the Session this one watches: the
-// next live one in the order of their ids, around the ring; 0 when it is
-// alone.
-func (r *run) watchTarget() int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.live) < 2 {
-		return 0
-	}
-	me := int64(r.s.id)
-	i, _ := slices.BinarySearch(r.live, me+1)
-	next := r.live[i%len(r.live)]
-	if next == me {
-		return 0
-	}
-	return bellKey(uint32(next))
-}
-
-// waitSQL waits, for at most lock_timeout, until the watched Session's
-// doorbell is free — it rang, or the Session ended — and lets it go at
-// once.
-const waitSQL = `SELECT pg_catalog.pg_advisory_unlock_shared($1)
-	FROM (SELECT pg_catalog.pg_advisory_lock_shared($1) OFFSET 0) w`
-
-// pokeSQL interrupts the holding connection's heartbeat while it sleeps
+// pokeSQL interrupts the holding connection's heartbeat while it waits
 // (and only then: a cancel that lands on anything else is wasted).
-const pokeSQL = `SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity
-	WHERE pid = $1 AND backend_start::text = $2 AND wait_event = 'PgSleep'`
+const pokeSQL = `SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_get_activity($1)
+	WHERE backend_start::text = $2 AND wait_event = 'PgSleep'`
 
-// watchSetupSQL configures the watcher's session: the server-side bound,
-// the chunk of each wait, a search_path nothing can shadow.
-const watchSetupSQL = `SELECT pg_catalog.concat_ws(',',
+// pokeSetupSQL configures the poker's session: the node's identity, and a
+// bound on its statements. It holds no lock, so it needs no
+// idle_session_timeout, which would end it between two releases.
+const pokeSetupSQL = `SELECT pg_catalog.concat_ws(',',
 	pg_catalog.set_config('application_name', $1, false),
-	pg_catalog.set_config('lock_timeout', $2, false),
-	pg_catalog.set_config('statement_timeout', $3, false),
-	pg_catalog.set_config('idle_in_transaction_session_timeout', $3, false),
-	CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000
-		THEN pg_catalog.set_config('idle_session_timeout', $3, false) END,
-	pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false))`
+	pg_catalog.set_config('statement_timeout', $2, false),
+	pg_catalog.set_config('idle_in_transaction_session_timeout', $2, false))`
 
-// watch is the watcher: on its own connection it waits, in chunks of
-// WaitChunk, on the doorbell of the next live Session. When the wait is
-// granted — that Session crashed, was cut off, or released names — it
-// interrupts its own heartbeat so that the holding connection takes what
-// is free at once. Alone, it waits on nothing: the heartbeat finds free
-// names each HeartbeatInterval.
-func (r *run) watch() {
+// poker interrupts the heartbeat's wait from a connection of its own (the
+// Session's second one), so that a release is carried out at once rather
+// than at the next heartbeat: when a Locker releases a name (r.pokes), and
+// once more when the run closes. It connects when the run starts, so that
+// no connect is on the hand-over path; where it cannot connect, a release
+// waits for the next heartbeat (HeartbeatInterval). It ends with the hold.
+func (r *run) poker() {
 	defer close(r.done)
 	cfg := r.s.cfg
 	var conn *sql.Conn
@@ -813,157 +922,88 @@ func (r *run) watch() {
 			destroy(conn)
 		}
 	}()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-r.stop:
-		case <-r.h.lost:
-		}
-		cancel()
-	}()
-	backoff := 100 * time.Millisecond
-	pause := func(d time.Duration) bool {
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
-	for ctx.Err() == nil {
-		target := r.watchTarget()
-		if target == 0 {
-			r.mu.Lock()
-			c := r.beatDone
-			r.mu.Unlock()
-			select {
-			case <-c:
-			case <-ctx.Done():
-			}
-			continue
-		}
-		if conn == nil {
-			c, err := r.watchConn(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					cfg.logger.Warn("the session's watcher cannot connect; free names are found by the heartbeat meanwhile", "session", fmt.Sprintf("%08x", r.s.id), "err", err)
-				}
-				if !pause(backoff) {
-					return
-				}
-				backoff = min(2*backoff, cfg.waitChunk)
-				continue
-			}
-			conn, backoff = c, 100*time.Millisecond
-		}
-		wctx, wcancel := context.WithTimeout(ctx, cfg.waitChunk+cfg.sessionTimeout)
-		var x sql.NullBool
-		err := conn.QueryRowContext(wctx, waitSQL, target).Scan(&x)
-		wcancel()
-		if ctx.Err() != nil {
+	connect := func() {
+		if conn != nil {
 			return
 		}
-		if isLockTimeout(err) {
-			continue
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.sessionTimeout)
+		defer cancel()
+		c, err := r.s.db.Conn(ctx)
+		if err == nil {
+			var x sql.NullString
+			if err = c.QueryRowContext(ctx, pokeSetupSQL, cfg.identity, ms(cfg.sessionTimeout)).Scan(&x); err != nil {
+				destroy(c)
+			}
 		}
 		if err != nil {
-			// The server ended the session, or refused the wait (a full
-			// lock table): start again on a new connection, not at once.
-			destroy(conn)
-			conn = nil
-			if !pause(backoff) {
-				return
-			}
-			backoff = min(2*backoff, cfg.waitChunk)
-			continue
+			cfg.logger.Warn("the session cannot connect its poker; a release waits for the next heartbeat meanwhile", "session", fmt.Sprintf("%08x", r.s.id), "err", err)
+			return
 		}
-		// Woken: interrupt the heartbeat's sleep, and wait for the beat
-		// that follows, which takes what is free and re-links the ring.
-		cfg.logger.Debug("doorbell", "session", fmt.Sprintf("%08x", r.s.id), "watched", fmt.Sprintf("%08x", uint32(target)))
-		r.mu.Lock()
-		r.dirty = true
-		c := r.beatDone
-		r.mu.Unlock()
-		if err := r.pokeVia(ctx, conn.ExecContext, c); err != nil {
-			destroy(conn)
-			conn = nil
-		}
+		conn = c
+	}
+	connect()
+	for {
+		var until <-chan struct{}
 		select {
-		case <-c:
-		case <-ctx.Done():
-			return
+		case <-r.pokes:
+			r.mu.Lock()
+			until = r.beatDone
+			r.mu.Unlock()
+		case <-r.h.lost:
+			if !errors.Is(r.h.endErr(), locker.ErrNotHeld) {
+				return // lost: the hold is left alone for Grace
+			}
+			// Closed: the heartbeat ends after its beat in flight, and
+			// then unlocks everything; do not let it wait.
+			until = r.h.done
 		}
-		// The doorbell is down until its Session takes it back (its next
-		// beat): do not spin on it.
-		if !pause(10 * time.Millisecond) {
+		connect()
+		if conn != nil {
+			if err := r.pokeVia(conn, until); err != nil {
+				destroy(conn)
+				conn = nil
+			}
+		}
+		if until == r.h.done {
 			return
 		}
 	}
 }
 
-// watchConn pins and sets up the watcher's connection.
-func (r *run) watchConn(ctx context.Context) (*sql.Conn, error) {
-	cfg := r.s.cfg
-	conn, err := r.s.db.Conn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	sctx, cancel := context.WithTimeout(ctx, cfg.sessionTimeout)
-	defer cancel()
-	var s sql.NullString
-	if err := conn.QueryRowContext(sctx, watchSetupSQL, cfg.identity, ms(cfg.waitChunk), ms(cfg.sessionTimeout)).Scan(&s); err != nil {
-		destroy(conn)
-		return nil, err
-	}
-	return conn, nil
-}
-
-// poke interrupts the heartbeat's sleep through the pool, so that a
-// release is carried out at once; where the pool has no connection to
-// spare it is carried out at the next beat (HeartbeatInterval).
+// poke asks the poker to interrupt the heartbeat's wait.
 func (r *run) poke() {
-	if r.s.pres.lastConn() || !r.poking.CompareAndSwap(false, true) {
-		return // no connection to spare, or a poke is on its way already
+	select {
+	case r.pokes <- struct{}{}:
+	default: // a poke is on its way already
 	}
-	defer r.poking.Store(false)
-	r.mu.Lock()
-	c := r.beatDone
-	r.mu.Unlock()
-	_ = r.pokeVia(context.Background(), r.s.db.ExecContext, c)
 }
 
 // pokeTries and pokeEvery bound how often a poke is sent again while the
 // beat it was meant for does not end: a cancel that reaches the backend
-// just before its sleep starts does nothing.
+// between two steps of its wait does nothing.
 const (
 	pokeTries = 5
 	pokeEvery = 20 * time.Millisecond
 )
 
-// pokeVia interrupts the heartbeat's sleep with exec (the watcher's
-// connection or the pool) until the beat beat ends, or pokeTries times.
-func (r *run) pokeVia(ctx context.Context, exec func(context.Context, string, ...any) (sql.Result, error), beat <-chan struct{}) error {
+// pokeVia interrupts the heartbeat's wait through conn until until is
+// closed or the heartbeat has ended, or pokeTries times.
+func (r *run) pokeVia(conn *sql.Conn, until <-chan struct{}) error {
 	for i := 0; i < pokeTries; i++ {
-		pctx, cancel := context.WithTimeout(ctx, reapTimeout)
-		_, err := exec(pctx, pokeSQL, r.h.backend.pid, r.h.backend.start)
+		ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
+		_, err := conn.ExecContext(ctx, pokeSQL, r.h.backend.pid, r.h.backend.start)
 		cancel()
 		if err != nil {
 			return err
 		}
 		t := time.NewTimer(pokeEvery)
 		select {
-		case <-beat:
+		case <-until:
 			t.Stop()
 			return nil
-		case <-r.h.lost:
+		case <-r.h.done:
 			t.Stop()
 			return nil
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
 		case <-t.C:
 		}
 	}

@@ -105,7 +105,7 @@ func (c *cluster) start(prefix string) int {
 	id := fmt.Sprintf("node%d-%s", i, prefix[len(prefix)-8:])
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", helperEnv+"=session", "HELPER_DRIVER="+c.e.driver,
-		"HELPER_URL="+c.e.srv.URL, "HELPER_NAME="+prefix, "HELPER_N="+strconv.Itoa(c.names), "HELPER_ID="+id)
+		"HELPER_URL="+withApp(c.e.srv.URL, id), "HELPER_NAME="+prefix, "HELPER_N="+strconv.Itoa(c.names), "HELPER_ID="+id)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +230,8 @@ func (c *cluster) checkOverlap() {
 }
 
 // TestSessionNodes runs 3 node processes × 300 names: each name runs on
-// exactly one node, no node has more than 2 server connections, names
+// exactly one node, no node has more than 2 server connections (every
+// connection of the node's pool carries its name, pinned or not), names
 // spread, and they move without overlap when the busiest node is
 // SIGKILLed, another is SIGSTOPped and the last one closes its Session.
 func TestSessionNodes(t *testing.T) {

@@ -5,10 +5,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/onlyone-go/onlyone/internal/faultproxy"
 	"github.com/onlyone-go/onlyone/locker"
 	"github.com/onlyone-go/onlyone/locker/lockertest"
 	"github.com/onlyone-go/onlyone/locker/postgres"
@@ -88,7 +91,10 @@ func TestSessionManyNames(t *testing.T) {
 		ctx := context.Background()
 		base := uniqueName(t)
 		const n = 50
-		a := newSession(t, e.db, append(quick, postgres.WithIdentity("session-a"), postgres.WithSpread(false))...)
+		// Every connection of a's pool carries its name, pinned or not,
+		// so that the count below is all that a costs the server.
+		id := "session-a-" + base[len(base)-8:]
+		a := newSession(t, open(t, e.driver, withApp(e.srv.URL, id)), append(quick, postgres.WithIdentity(id), postgres.WithSpread(false))...)
 		var ls []locker.Locker
 		for i := 0; i < n; i++ {
 			ls = append(ls, sessionLocker(t, a, fmt.Sprintf("%s.%d", base, i)))
@@ -98,7 +104,7 @@ func TestSessionManyNames(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if got := e.sessions(t, "session-a"); got > 2 {
+		if got := e.sessions(t, id); got > 2 {
 			t.Errorf("session a has %d server connections, want at most 2", got)
 		}
 		b := newSession(t, e.db, append(quick, postgres.WithIdentity("session-b"), postgres.WithSpread(false))...)
@@ -118,6 +124,11 @@ func TestSessionManyNames(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("graceful hand-over of one name: %v", time.Since(start))
+		// The release interrupted a's heartbeat from a's own second
+		// connection: still two.
+		if got := e.sessions(t, id); got != 2 {
+			t.Errorf("after a release, session a has %d server connections, want 2", got)
+		}
 		if tok, ok := lb.(locker.Fencer).Token(); !ok || tok == 0 {
 			t.Errorf("Token() = %d, %v", tok, ok)
 		}
@@ -130,6 +141,17 @@ func TestSessionManyNames(t *testing.T) {
 			}
 		}
 	})
+}
+
+// withApp returns url with application_name set to app: every
+// connection of a pool opened with it carries app until a Session or a
+// Locker sets its own identity.
+func withApp(url, app string) string {
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	return url + sep + "application_name=" + app
 }
 
 // sessions counts the server connections with the application_name id.
@@ -276,5 +298,266 @@ func TestSessionUnprivileged(t *testing.T) {
 		for _, l := range waiting {
 			_ = l.Release(ctx)
 		}
+	})
+}
+
+// TestSessionSpreadIgnoresUnrelatedSessions: a Session that contends for
+// none of a Session's names does not count for its share. Counted, it
+// halved the share: the names over it were taken anyway (nobody else
+// wanted them) and then, ten heartbeats later, given up with ErrShed,
+// again and again.
+func TestSessionSpreadIgnoresUnrelatedSessions(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		ctx := context.Background()
+		base := uniqueName(t)
+		other := sessionLocker(t, newSession(t, e.db, quick...), base+".unrelated")
+		if err := other.Acquire(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer other.Release(ctx)
+		a := newSession(t, e.db, quick...)
+		var ls []locker.Locker
+		for i := 0; i < 4; i++ {
+			ls = append(ls, sessionLocker(t, a, fmt.Sprintf("%s.%d", base, i)))
+		}
+		errs := make(chan error, len(ls))
+		for _, l := range ls {
+			go func() { errs <- l.Acquire(ctx) }()
+		}
+		for range ls {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		// 30 heartbeats: a name taken past the share is kept for 10.
+		lost := make(chan error, len(ls))
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, l := range ls {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				select {
+				case <-l.Lost():
+					lost <- locker.Err(l)
+				case <-stop:
+				}
+			}()
+		}
+		select {
+		case err := <-lost:
+			t.Errorf("a name was given up with no other Session wanting it: %v", err)
+		case <-time.After(3 * time.Second):
+		}
+		close(stop)
+		wg.Wait()
+		for _, l := range ls {
+			if err := l.Release(ctx); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
+
+// TestSessionSpreadToSessionWithOtherNames: a Session that holds names of
+// its own and then contends for names another holds all of still gets
+// its share of them: it shows an interest in one of them, so the holder
+// counts it.
+func TestSessionSpreadToSessionWithOtherNames(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		base := uniqueName(t)
+		const n = 10
+		a, b := newSession(t, e.db, quick...), newSession(t, e.db, quick...)
+		own := sessionLocker(t, b, base+".own")
+		if err := own.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		w := newWorkers(t, base, n)
+		w.run(0, a)
+		eventually(t, 5*time.Second, "a holds every name", func() bool { return w.count(0) == n })
+		w.run(1, b)
+		eventually(t, 10*time.Second, "the names spread over a and b", func() bool { return w.count(0) == n/2 && w.count(1) == n/2 })
+		w.stop()
+		if err := own.Release(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// workers run names base.0 … base.n-1 on Sessions, a loop per name and
+// Session that acquires, holds until Lost and releases, and record which
+// Session holds each name.
+type workers struct {
+	t      *testing.T
+	base   string
+	n      int
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex
+	by   map[int]int  // name → Session holding it
+	dead map[int]bool // Sessions whose loops do not acquire again
+}
+
+func newWorkers(t *testing.T, base string, n int) *workers {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &workers{t: t, base: base, n: n, ctx: ctx, cancel: cancel, by: map[int]int{}, dead: map[int]bool{}}
+	t.Cleanup(w.stop)
+	return w
+}
+
+// stop ends every loop and waits for them.
+func (w *workers) stop() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+// run starts the loops of Session s, called i.
+func (w *workers) run(i int, s *postgres.Session) {
+	for j := 0; j < w.n; j++ {
+		l := sessionLocker(w.t, s, fmt.Sprintf("%s.%d", w.base, j))
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for w.ctx.Err() == nil && !w.isDead(i) {
+				if err := l.Acquire(w.ctx); err != nil {
+					select { // the Session may be closed: do not spin
+					case <-w.ctx.Done():
+					case <-time.After(10 * time.Millisecond):
+					}
+					continue
+				}
+				w.mu.Lock()
+				w.by[j] = i
+				w.mu.Unlock()
+				select {
+				case <-l.Lost():
+				case <-w.ctx.Done():
+				}
+				w.mu.Lock()
+				if w.by[j] == i {
+					delete(w.by, j)
+				}
+				w.mu.Unlock()
+				_ = l.Release(context.Background())
+			}
+		}()
+	}
+}
+
+// kill makes Session i's loops stop acquiring, as if its process had died.
+func (w *workers) kill(i int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.dead[i] = true
+}
+
+func (w *workers) isDead(i int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.dead[i]
+}
+
+// count returns how many names the Sessions of holds.
+func (w *workers) count(of ...int) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := 0
+	for _, s := range w.by {
+		if slices.Contains(of, s) {
+			c++
+		}
+	}
+	return c
+}
+
+// TestSessionCloseBoundedOnSilentNetwork: Close returns within Grace +
+// HeartbeatInterval + 2s when the network to the server goes silent,
+// with both drivers (lib/pq ignores deadlines there); the connections it
+// could not end are destroyed once the driver gives them back.
+func TestSessionCloseBoundedOnSilentNetwork(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		proxy, err := faultproxy.Start(e.srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer proxy.Close()
+		s := newSession(t, open(t, e.driver, e.srv.URLVia(proxy.Addr())), quick...)
+		l := sessionLocker(t, s, uniqueName(t))
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		proxy.Drop()
+		start := time.Now()
+		closed := make(chan error, 1)
+		go func() { closed <- s.Close() }()
+		bound := time.Second + 100*time.Millisecond + 2*time.Second // Grace + HeartbeatInterval + 2s
+		select {
+		case err := <-closed:
+			took := time.Since(start)
+			t.Logf("Close returned after %v: %v", took.Round(time.Millisecond), err)
+			if took > bound+time.Second {
+				t.Errorf("Close took %v, want at most %v", took, bound)
+			}
+		case <-time.After(bound + 10*time.Second):
+			t.Fatalf("Close did not return within %v of a silent network", bound+10*time.Second)
+		}
+		select {
+		case <-l.Lost():
+		default:
+			t.Error("Lost is open after Close")
+		}
+		proxy.Close() // the driver calls still stuck fail now, and their goroutines end
+		if err := l.Release(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// TestSessionWatchesJoinerAtOnce: a Session that joins is watched from
+// the next heartbeat of the Session before it around the ring, not after
+// that one's wait on its old target ends (up to WaitChunk, 4s here): a
+// crash of the newcomer soon after it joined is taken over in
+// milliseconds, well within one heartbeat (1s).
+func TestSessionWatchesJoinerAtOnce(t *testing.T) {
+	forEachDriver(t, func(t *testing.T, e *env) {
+		base := uniqueName(t)
+		const n = 6
+		w := newWorkers(t, base, n)
+		var ids []string
+		join := func(i int) {
+			id := fmt.Sprintf("joiner-%d-%s", i, base[len(base)-8:])
+			ids = append(ids, id)
+			w.run(i, newSession(t, e.db, postgres.WithHeartbeatInterval(time.Second), postgres.WithLossTimeout(2*time.Second),
+				postgres.WithGrace(time.Second), postgres.WithWaitChunk(4*time.Second), postgres.WithIdentity(id)))
+		}
+		join(0)
+		join(1)
+		eventually(t, 20*time.Second, "a and b hold every name", func() bool { return w.count(0) == n/2 && w.count(1) == n/2 })
+		join(2)
+		eventually(t, 10*time.Second, "the newcomer holds its share", func() bool { return w.count(2) == n/3 && w.count(0, 1, 2) == n })
+		var pid int
+		// The newcomer's holding backend: its connection that holds locks
+		// (the other, the poker, holds none).
+		if err := e.admin.QueryRow(`SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+			WHERE a.application_name = $1 AND l.locktype = 'advisory'`, ids[2]).Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		w.kill(2)
+		if _, err := e.admin.Exec(`SELECT pg_terminate_backend($1)`, pid); err != nil {
+			t.Fatal(err)
+		}
+		ended := time.Now()
+		// The watcher's wake shows in the first name taken over; the last
+		// may wait for a heartbeat now and then (see the package doc).
+		eventually(t, 10*time.Second, "a and b take one of the newcomer's names", func() bool { return w.count(0, 1) > n-n/3 })
+		first := time.Since(ended)
+		eventually(t, 10*time.Second, "a and b hold every name again", func() bool { return w.count(0, 1) == n })
+		t.Logf("the newcomer's names taken over: the first %v, the last %v after its session ended", first.Round(time.Millisecond), time.Since(ended).Round(time.Millisecond))
+		if first > 500*time.Millisecond {
+			t.Errorf("the newcomer's first name was taken over after %v: nobody watched it (want well within one heartbeat, 1s)", first)
+		}
+		w.stop()
 	})
 }

@@ -114,8 +114,8 @@ func run(nodes, names, trials, plain int, idle time.Duration, mdOut, pngOut stri
 	r.addf("## Notes")
 	r.addf("")
 	r.addf("- Takeover and hand-over times are from the old node's kill (by the bench) or its work's stop (by the node) to the new node's work start (by the node), all on one machine's clock.")
-	r.addf("- The idle load of a Session is its heartbeat (one statement per HeartbeatInterval, 1s) and its watcher's wait (one per WaitChunk, 2s), whatever the number of names: 1.5 statements per second by design, above the 1 per second the issue set. A longer watcher chunk would meet it at the price of a snapshot held longer (a waiting statement holds back VACUUM).")
-	r.addf("- Connections: each node pins 2 (its Session's holding and watching connections, application_name = the node's identity); its pool also keeps 1 idle connection that a Release borrows to interrupt the heartbeat (the same mechanism as a plain Locker's), which an application would share with its queries: hence the client backends, 3 × 3 + the bench's own.")
+	r.addf("- The idle load of a Session is its heartbeat alone: one statement per HeartbeatInterval (1s), whatever the number of names, a little under 1/s because each beat waits 1s on the server and then does its work. The heartbeat's wait is also the watch over the next Session around the ring: it sleeps in 10ms steps and between them tries that Session's doorbell in shared mode, so there is no second waiting statement (the old design's watcher added one per WaitChunk, 0.5/s). The price is on the server: a try-lock and a wake-up every 10ms, the difference in idle server CPU per node between this design and the old one (most of either figure is the holding backend's client_connection_check_interval of 2ms). Like any statement the wait holds a snapshot, for at most HeartbeatInterval, as a plain Locker's heartbeat does.")
+	r.addf("- Connections: each node's pool opens every connection with the node's application_name, so the count is all that a node costs the server: the Session's holding connection and its poker, an idle pinned connection that interrupts the heartbeat's wait when a name is released (the old design borrowed a third connection from the pool for that, and the pool kept it idle: it shows after the trials, once nodes have released names). Client backends: 3 nodes × 2 + the bench's own.")
 	r.addf("- The plain contrast runs 100 names per node: 1,000 per node would need 3,000 connections, and the server allows 400.")
 	r.addf("- Before the first node starts, the bench waits until the server has been up for 11s: a grant on a server up for less than SessionTimeout waits out the rest of it (the restart quarantine).")
 	md := strings.Join(r.lines, "\n") + "\n"
@@ -148,17 +148,29 @@ func sessions(r *report, self, url string, admin *sql.DB, nodes, names, trials i
 	if err != nil {
 		return err
 	}
-	r.addf("| server connections per node (pinned; application_name = the node's identity) | %v |", conns)
+	r.addf("| server connections per node (every backend with the node's application_name, which its pool's connections carry too) | %v |", conns)
 	total, err := clientBackends(admin)
 	if err != nil {
 		return err
 	}
 	r.addf("| client backends on the server, all nodes and the bench's own | %d |", total)
+	cpu0, err := backendCPU(admin, c.ids)
+	if err != nil {
+		return err
+	}
+	began = time.Now()
 	rate, err := idleRate(admin, c.ids, idle)
 	if err != nil {
 		return err
 	}
+	cpu1, err := backendCPU(admin, c.ids)
+	if err != nil {
+		return err
+	}
 	r.addf("| idle statements per second per node (over %v) | %.2f |", idle, rate)
+	if cpu0 >= 0 && cpu1 >= 0 {
+		r.addf("| idle server CPU per node (its backends' user + system time, /proc) | %.2f%% of a core |", 100*(cpu1-cpu0).Seconds()/time.Since(began).Seconds()/float64(nodes))
+	}
 
 	// Crash trials: SIGKILL the busiest node; a new node replaces it.
 	var crash, join []time.Duration
@@ -206,6 +218,18 @@ func sessions(r *report, self, url string, admin *sql.DB, nodes, names, trials i
 	}
 	r.addf("| SIGKILL of the busiest node → the last of its names runs elsewhere (%d trials) | p50 %v, p90 %v, max %v |", len(crash), pct(crash, 50), pct(crash, 90), pct(crash, 100))
 	r.addf("| a new node joins → spread max − min ≤ 1 (%d of %d trials settled) | p50 %v, p90 %v, max %v; max − min then %v |", len(join), trials, pct(join, 50), pct(join, 90), pct(join, 100), joinSpread)
+
+	// Every node has released names by now (shed to the joiners): a
+	// connection borrowed for a release would show.
+	conns, err = connections(admin, c.ids)
+	if err != nil {
+		return err
+	}
+	r.addf("| server connections per node after the trials (every node released names) | %v |", conns)
+	if total, err = clientBackends(admin); err != nil {
+		return err
+	}
+	r.addf("| client backends on the server then, all nodes and the bench's own | %d |", total)
 
 	// A graceful Close of one node: every name passes to the others.
 	c.mu.Lock()
@@ -305,6 +329,38 @@ func connections(admin *sql.DB, ids []string) ([]int, error) {
 	return out, nil
 }
 
+// backendCPU returns the CPU time the server's backends of the nodes
+// ids have used so far, read from /proc (the server runs on this
+// machine), or -1 where /proc does not show it.
+func backendCPU(admin *sql.DB, ids []string) (time.Duration, error) {
+	rows, err := admin.Query(`SELECT pid FROM pg_stat_activity WHERE application_name = ANY($1)`, "{"+strings.Join(ids, ",")+"}")
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	var total time.Duration
+	for rows.Next() {
+		var pid int
+		if err := rows.Scan(&pid); err != nil {
+			return 0, err
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return -1, nil
+		}
+		// After the command, in parentheses: fields 14 and 15 are utime
+		// and stime, in clock ticks (100 per second on Linux).
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		if len(f) < 13 {
+			return -1, nil
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		total += time.Duration(u+s) * 10 * time.Millisecond
+	}
+	return total, rows.Err()
+}
+
 func clientBackends(admin *sql.DB) (int, error) {
 	var n int
 	err := admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'`).Scan(&n)
@@ -318,9 +374,15 @@ func clientBackends(admin *sql.DB) (int, error) {
 func idleRate(admin *sql.DB, ids []string, d time.Duration) (float64, error) {
 	seen := map[string]bool{}
 	live := map[string]bool{}
+	// Statements started before the window (the heartbeat in flight) are
+	// not counted: by the server's clock, as query_start is.
+	var from time.Time
+	if err := admin.QueryRow(`SELECT clock_timestamp()`).Scan(&from); err != nil {
+		return 0, err
+	}
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		rows, err := admin.Query(`SELECT application_name, pid::text || '@' || query_start::text FROM pg_stat_activity
-			WHERE application_name = ANY($1) AND query_start IS NOT NULL`, "{"+strings.Join(ids, ",")+"}")
+			WHERE application_name = ANY($1) AND query_start >= $2`, "{"+strings.Join(ids, ",")+"}", from)
 		if err != nil {
 			return 0, err
 		}
@@ -338,7 +400,6 @@ func idleRate(admin *sql.DB, ids []string, d time.Duration) (float64, error) {
 	if len(live) == 0 {
 		return 0, errors.New("no node's session seen")
 	}
-	// The statement in flight at the start was started before the window.
 	return float64(len(seen)) / d.Seconds() / float64(len(live)), nil
 }
 
