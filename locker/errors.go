@@ -16,6 +16,13 @@ var (
 	// backend (a missed heartbeat).
 	ErrLost = errors.New("locker: lock lost")
 
+	// ErrHandedOver is matched, beside ErrLost, by the error Err reports
+	// when the backend gave a held lock up on purpose, not because of a
+	// fault: to spread many locks evenly over the nodes that want them,
+	// say. The work stops as on any loss and another node takes it over;
+	// a supervisor logs it as routine, not as an error.
+	ErrHandedOver = errors.New("locker: lock handed over")
+
 	// ErrStandby is returned by Acquire when the backend is a standby or
 	// read-only server, where a lock would not exclude holders on the
 	// primary.

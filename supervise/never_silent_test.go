@@ -370,3 +370,54 @@ func TestWaiterLearnsHolderAfterRace(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 }
+
+// handOver is a memory Locker whose losses are hand-overs on purpose, as a
+// postgres Session's shed names are.
+type handOver struct{ *memory.Locker }
+
+func (l handOver) Err() error {
+	if err := l.Locker.Err(); errors.Is(err, locker.ErrLost) {
+		return fmt.Errorf("%w (%w)", err, locker.ErrHandedOver)
+	}
+	return l.Locker.Err()
+}
+
+// A lock handed over on purpose, and a child that returns its ctx's
+// cancellation, are routine: logged at Info, not as errors or warnings. A
+// lock lost any other way is an error.
+func TestRoutineEndsAreNotErrors(t *testing.T) {
+	for _, handedOver := range []bool{true, false} {
+		reg := memory.New()
+		var l locker.Locker = reg.Locker("job")
+		if handedOver {
+			l = handOver{reg.Locker("job")}
+		}
+		h := &records{}
+		s := &supervise.Supervisor{Logger: slog.New(h)}
+		ctx, cancel := context.WithCancel(context.Background())
+		s.OnEvent = func(e supervise.Event) {
+			if e.Kind == supervise.EventChildExited {
+				cancel()
+			}
+		}
+		err := s.Run(ctx, l, func(ctx context.Context) error {
+			reg.Revoke("job")
+			<-ctx.Done()
+			return ctx.Err()
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("Run = %v, want nil: the child ran and stopped when told", err)
+		}
+		if w := h.at(slog.LevelWarn); len(w) != 0 {
+			t.Errorf("handed over %v: warnings %q, want none", handedOver, w)
+		}
+		errs, infos := h.at(slog.LevelError), strings.Join(h.at(slog.LevelInfo), "\n")
+		switch {
+		case handedOver && (len(errs) != 0 || !strings.Contains(infos, "supervise: lost")):
+			t.Errorf("handed over: errors %q, infos %q; want the loss at Info only", errs, infos)
+		case !handedOver && (len(errs) != 1 || !strings.Contains(errs[0], "supervise: lost")):
+			t.Errorf("revoked: errors %q, want the loss", errs)
+		}
+	}
+}

@@ -1,6 +1,8 @@
 package supervise
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -174,12 +176,21 @@ func (s *Supervisor) emitAt(e Event, level slog.Level, attrs ...any) {
 // level is the level at which e is logged.
 func (e Event) level() slog.Level {
 	switch e.Kind {
-	case EventStuck, EventLost:
+	case EventLost:
+		// A lock handed over on purpose (spread over nodes), or released
+		// by its owner (a Session closed under the supervisor), is
+		// routine.
+		if errors.Is(e.Err, locker.ErrHandedOver) || errors.Is(e.Err, locker.ErrNotHeld) {
+			return slog.LevelInfo
+		}
+		return slog.LevelError
+	case EventStuck:
 		return slog.LevelError
 	case EventAcquireFailed:
 		return slog.LevelWarn
 	case EventChildExited, EventRestarting:
-		if e.Err != nil {
+		// A child that returns its ctx's cancellation stopped as told.
+		if e.Err != nil && !errors.Is(e.Err, context.Canceled) {
 			return slog.LevelWarn
 		}
 	}

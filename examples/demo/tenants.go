@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,7 +36,7 @@ func runTenants(ctx context.Context, db *sql.DB, id string, say func(format stri
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sup := &supervise.Supervisor{Logger: slog.New(shedIsNews{slog.Default().Handler()})}
+			sup := &supervise.Supervisor{} // logs what goes wrong; a shed name is routine
 			errs <- sup.Run(ctx, l, func(ctx context.Context) error {
 				say("tenant %s start %d", t, time.Now().UnixNano())
 				<-ctx.Done()
@@ -184,28 +182,4 @@ func tenantConns(db *sql.DB, nodes []string) string {
 		parts = append(parts, strconv.Itoa(c))
 	}
 	return strings.Join(parts, ", ")
-}
-
-// shedIsNews passes on what a supervisor without a Logger would log
-// (Warn and above), except a name given up to spread the names
-// (postgres.ErrShed): supervise reports it as a loss, but it is a
-// graceful hand-over, and the demo's output is for failures.
-type shedIsNews struct{ slog.Handler }
-
-func (h shedIsNews) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= slog.LevelWarn && h.Handler.Enabled(ctx, l)
-}
-
-func (h shedIsNews) Handle(ctx context.Context, r slog.Record) error {
-	shed := false
-	r.Attrs(func(a slog.Attr) bool {
-		if err, ok := a.Value.Any().(error); ok && errors.Is(err, postgres.ErrShed) {
-			shed = true
-		}
-		return !shed
-	})
-	if shed {
-		return nil
-	}
-	return h.Handler.Handle(ctx, r)
 }

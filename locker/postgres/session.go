@@ -53,7 +53,7 @@ var ErrLockTableFull = errors.New("the server's shared lock table is full (SQLST
 // ErrShed is the cause of a loss when a Session gave a name up so that
 // names spread evenly over the live Sessions (see WithSpread). The name
 // passes to a Session under its share once Release is called.
-var ErrShed = errors.New("given up to spread names over the live Sessions")
+var ErrShed = fmt.Errorf("%w: given up to spread names over the live Sessions", locker.ErrHandedOver)
 
 // A Session is one node's membership in a group of contenders for many
 // names: one pinned server connection holds every lock its Lockers hold,

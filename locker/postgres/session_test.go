@@ -378,6 +378,15 @@ func TestSessionSpreadToSessionWithOtherNames(t *testing.T) {
 		w.run(1, b)
 		eventually(t, 10*time.Second, "the names spread over a and b", func() bool { return w.count(0) == n/2 && w.count(1) == n/2 })
 		w.stop()
+		// Shed on purpose: a supervisor logs it as routine (ErrHandedOver).
+		if len(w.losses) == 0 {
+			t.Error("no name was lost, yet half moved")
+		}
+		for _, err := range w.losses {
+			if !errors.Is(err, postgres.ErrShed) || !errors.Is(err, locker.ErrHandedOver) || !errors.Is(err, locker.ErrLost) {
+				t.Errorf("a shed name's Err = %v; want ErrShed, locker.ErrHandedOver and locker.ErrLost", err)
+			}
+		}
 		if err := own.Release(context.Background()); err != nil {
 			t.Error(err)
 		}
@@ -395,9 +404,10 @@ type workers struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu   sync.Mutex
-	by   map[int]int  // name → Session holding it
-	dead map[int]bool // Sessions whose loops do not acquire again
+	mu     sync.Mutex
+	by     map[int]int  // name → Session holding it
+	dead   map[int]bool // Sessions whose loops do not acquire again
+	losses []error      // why names were lost, in order
 }
 
 func newWorkers(t *testing.T, base string, n int) *workers {
@@ -433,6 +443,9 @@ func (w *workers) run(i int, s *postgres.Session) {
 				w.mu.Unlock()
 				select {
 				case <-l.Lost():
+					w.mu.Lock()
+					w.losses = append(w.losses, locker.Err(l))
+					w.mu.Unlock()
 				case <-w.ctx.Done():
 				}
 				w.mu.Lock()
