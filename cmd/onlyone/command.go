@@ -128,14 +128,21 @@ func (c *commandRunner) run(ctx context.Context) error {
 			return nil
 		}
 	}
+	// The fencing token first: supervise starts this child at the grant,
+	// and the token is handed out once the backend has made it durable.
+	// The hold may end meanwhile; the deadline is read after it.
+	tok, fenced := supervise.Token(ctx)
 	if ctx.Err() != nil {
 		return nil
+	}
+	if _, fencer := c.lock.(locker.Fencer); fencer && !fenced {
+		return fmt.Errorf("%w: the hold ended before its fencing token was durable; the command was not started", locker.ErrLost)
 	}
 	deadline, vouched := c.deadline()
 	if !vouched {
 		return fmt.Errorf("%w: the lock is no longer vouched for; the command was not started", locker.ErrLost)
 	}
-	cmd, reports, err := c.startWatchdog(ctx, deadline)
+	cmd, reports, err := c.startWatchdog(deadline, tok, fenced)
 	if err != nil {
 		return &commandError{code: -1, msg: err.Error()}
 	}
@@ -260,9 +267,10 @@ func (c *commandRunner) run(ctx context.Context) error {
 	return nil
 }
 
-// startWatchdog starts the watchdog, which starts the command. reports
-// delivers the watchdog's reports, and is closed when it has exited.
-func (c *commandRunner) startWatchdog(ctx context.Context, deadline int64) (*exec.Cmd, <-chan string, error) {
+// startWatchdog starts the watchdog, which starts the command, with the
+// fencing token tok in its environment when fenced. reports delivers the
+// watchdog's reports, and is closed when it has exited.
+func (c *commandRunner) startWatchdog(deadline int64, tok uint64, fenced bool) (*exec.Cmd, <-chan string, error) {
 	ctrlR, ctrlW, err := os.Pipe()
 	if err != nil {
 		return nil, nil, err
@@ -297,7 +305,7 @@ func (c *commandRunner) startWatchdog(ctx context.Context, deadline int64) (*exe
 	cmd := exec.Command("/proc/self/exe", args...)
 	cmd.Args[0] = os.Args[0]
 	cmd.Env = c.env
-	if tok, ok := supervise.Token(ctx); ok {
+	if fenced {
 		cmd.Env = append(cmd.Env[:len(cmd.Env):len(cmd.Env)], "ONLYONE_FENCING_TOKEN="+strconv.FormatUint(tok, 10))
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, c.stdout, c.stderr

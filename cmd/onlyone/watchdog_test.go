@@ -487,3 +487,50 @@ func TestInterruptFromTheTerminal(t *testing.T) {
 	master.SetReadDeadline(time.Now().Add(5 * time.Second))
 	<-read
 }
+
+// TestCommandNotStartedOnHoldLostBeforeItsToken: supervise starts the
+// CLI's child at the grant, and the fencing token is handed out once the
+// backend has flushed it to WAL. A hold that ends in between (here: the
+// flush waits for a synchronous standby that does not exist, and an
+// operator terminates the session) must not start the command, with or
+// without a token: the server has freed the lock already.
+func TestCommandNotStartedOnHoldLostBeforeItsToken(t *testing.T) {
+	pglocal.Shared(t) // skips or fails as the environment says
+	srv, err := pglocal.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	db := openAdmin(t, srv.URL)
+	for _, q := range []string{"ALTER SYSTEM SET synchronous_standby_names = 'nobody'", "SELECT pg_reload_conf()"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A grant counts once the server has been up for SessionTimeout (10s
+	// by default): past that, the flush is the hold's first statement.
+	poll(t, "the new server is past the restart quarantine", func() bool {
+		var past bool
+		return db.QueryRow(`SELECT pg_catalog.clock_timestamp() - GREATEST(pg_catalog.pg_postmaster_start_time(),
+			(SELECT stats_reset FROM pg_catalog.pg_stat_bgwriter)) > interval '11 s'`).Scan(&past) == nil && past
+	})
+	dir, name := t.TempDir(), uniqueName(t)
+	w := start(t, srv.URL, []string{"D=" + dir}, "run", "--name", name, "--",
+		"sh", "-c", `echo "token=[$ONLYONE_FENCING_TOKEN]" > "$D/started"; exec sleep 60`)
+	var pid int
+	poll(t, "the holder's flush waits for the (absent) synchronous standby", func() bool {
+		return db.QueryRow("SELECT pid FROM pg_catalog.pg_stat_activity WHERE wait_event = 'SyncRep'").Scan(&pid) == nil
+	})
+	// Not synchronisation: the command must not start whenever the
+	// terminate lands; a moment lets the child reach the token first, the
+	// order that once started it.
+	time.Sleep(200 * time.Millisecond)
+	if _, err := db.Exec("SELECT pg_catalog.pg_terminate_backend($1)", pid); err != nil {
+		t.Fatal(err)
+	}
+	code := w.wait(t)
+	t.Logf("exit %d; stderr:\n%s", code, w.stderr.String())
+	if b, err := os.ReadFile(filepath.Join(dir, "started")); err == nil {
+		t.Fatalf("the command started on a hold lost before its token was durable: %s (exit %d)\n%s", b, code, w.stderr.String())
+	}
+}

@@ -130,15 +130,21 @@ func check(c *controller, leaked int) (*Report, error) {
 	// Fencing tokens grow with every run, except where a run started on a
 	// grant read late, inside a documented window — the case the fence is
 	// for. An inversion whose runs overlap outside a window is a failure.
-	for i := 1; i < len(runs); i++ {
-		p, x := runs[i-1], runs[i]
-		if x.token > p.token {
+	// A run whose hold ended before its token was durable has none (0)
+	// and wrote nothing fenced: it is left out.
+	var p *run
+	for i := range runs {
+		x := &runs[i]
+		if x.token == 0 {
 			continue
 		}
-		r.TokenInversions++
-		if cause, _ := explain(p, x, faults); x.start.Before(p.end) && cause == "" {
-			r.UnexplainedInversions++
+		if p != nil && x.token <= p.token {
+			r.TokenInversions++
+			if cause, _ := explain(*p, *x, faults); x.start.Before(p.end) && cause == "" {
+				r.UnexplainedInversions++
+			}
 		}
+		p = x
 	}
 
 	// Takeover latency: from a fault on the holder to the next run started
@@ -322,6 +328,10 @@ func readRecord(path, node string) (runs []run, lines, bad int, err error) {
 				tok, _ = strconv.ParseUint(fields[2], 10, 64)
 			}
 			cur = &run{node: node, start: at, end: at, token: tok}
+		case "token": // the run's fencing token, once durable
+			if cur != nil && len(fields) > 2 {
+				cur.token, _ = strconv.ParseUint(fields[2], 10, 64)
+			}
 		case "beat":
 			if cur != nil && at.After(cur.end) {
 				cur.end = at

@@ -35,8 +35,9 @@ const beatEvery = 10 * time.Millisecond
 // Node runs one node, on the database/sql driver named ("pgx" or
 // "postgres"): it holds the lock when it can, and while it does its
 // child appends to the record file, with plain writes that survive the
-// process being killed: "start NANOS TOKEN", "beat NANOS" every 10ms,
-// "lost NANOS REASON" when the lock is lost, and "stop NANOS" when it stops.
+// process being killed: "start NANOS" when the work starts, "token NANOS
+// TOKEN" once its fencing token is durable, "beat NANOS" every 10ms, "lost
+// NANOS REASON" when the lock is lost, and "stop NANOS" when it stops.
 func Node(id, driver, url, lockName, recordPath string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -67,8 +68,13 @@ func Node(id, driver, url, lockName, recordPath string) int {
 		}
 	}
 	err = s.Run(ctx, l, func(ctx context.Context) error {
-		tok, _ := supervise.Token(ctx)
-		fmt.Fprintf(rec, "start %d %d\n", time.Now().UnixNano(), tok)
+		// The work starts at the grant, and gets its fencing token once
+		// the backend has made it durable (supervise.Token waits): record
+		// the start first, so that the checker sees the run from then on.
+		fmt.Fprintf(rec, "start %d\n", time.Now().UnixNano())
+		if tok, ok := supervise.Token(ctx); ok {
+			fmt.Fprintf(rec, "token %d %d\n", time.Now().UnixNano(), tok)
+		}
 		t := time.NewTicker(beatEvery)
 		defer t.Stop()
 		for {

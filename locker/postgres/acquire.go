@@ -301,8 +301,9 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	if err != nil {
 		return nil, time.Time{}, l.ctxErrorf(ctx, "acquire: preparing the lock statement: %w", err)
 	}
-	// Closing a prepared statement is a round trip: after a grant, the
-	// hold closes it, off the takeover path.
+	// After a grant the prepared statements stay with the connection,
+	// which the hold destroys at its end (see hold.flush); without one
+	// they are closed here.
 	keep := false
 	defer func() {
 		if !keep {
@@ -376,7 +377,7 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 		return nil, time.Time{}, l.errorf("acquire: %w: the grant was read %v after it was made (was this process paused?)", errStaleGrant, late.Round(time.Millisecond))
 	}
 	keep = true
-	return newHold(l, conn, flush, lock, *b, uint64(token), granted), ready, nil
+	return newHold(l, conn, flush, *b, uint64(token), granted), ready, nil
 }
 
 // clamp returns d within [0, max].

@@ -23,7 +23,6 @@ type hold struct {
 	sess      *run // the Session run whose names this hold carries; nil for a plain Locker
 	conn      *sql.Conn
 	flushStmt *sql.Stmt // flushSQL, prepared on conn before the lock wait
-	lockStmt  *sql.Stmt // lockSQL, for flush to close
 	backend   backend   // pid and start of the session
 	pid       int
 	token     uint64
@@ -45,13 +44,12 @@ type hold struct {
 
 // newHold starts a hold on conn, whose lock was granted no later than
 // granted.
-func newHold(l *Locker, conn *sql.Conn, flush, lock *sql.Stmt, b backend, token uint64, granted time.Time) *hold {
+func newHold(l *Locker, conn *sql.Conn, flush *sql.Stmt, b backend, token uint64, granted time.Time) *hold {
 	h := &hold{
 		l:         l,
 		sess:      l.sess,
 		conn:      conn,
 		flushStmt: flush,
-		lockStmt:  lock,
 		backend:   b,
 		pid:       b.pid,
 		token:     token,
@@ -237,16 +235,17 @@ func (h *hold) finish() {
 const flushSQL = `SELECT pg_catalog.pg_logical_emit_message(true, 'onlyone', $1)::text`
 
 // flush runs flushSQL (prepared before the lock wait), the hold's first
-// statement, and then marks the token durable. Only then does it close the
-// hold's prepared statements, a round trip each. Its error and dead are as
+// statement, and then marks the token durable. Its error and dead are as
 // beat's.
+//
+// The hold's prepared statements are not closed: the connection is always
+// destroyed when the hold ends, and they go with it. Closing one is a
+// round trip of its own, outside the deadlines that bound every statement
+// on this connection: pgx gives it 5s and then closes the socket — which
+// frees the lock, possibly while the work is still in its Grace.
 func (h *hold) flush() (err error, dead bool) {
 	ctx, cancel := context.WithDeadline(context.Background(), h.lastSent().Add(h.l.cfg.loss+h.l.cfg.grace))
 	defer cancel()
-	defer func() {
-		_ = h.flushStmt.Close()
-		_ = h.lockStmt.Close()
-	}()
 	if _, err := h.flushStmt.ExecContext(ctx, "fencing token for lock "+h.l.label); err != nil {
 		if sqlState(err) == "26000" { // invalid_sql_statement_name
 			// The statement prepared on this session is gone: a
