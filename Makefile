@@ -26,7 +26,7 @@ README_MODULES := examples/readme/gocron examples/readme/cron examples/readme/as
 # them.
 TESTLOG ?= $(CURDIR)/test.log
 test: vet vet-modules core-deps
-	@{ $(GO) test -race -count=1 ./... 2>&1 || echo "make test: the core module failed"; } | tee $(TESTLOG)
+	@{ $(GO) test -race -count=1 -timeout 15m ./... 2>&1 || echo "make test: the core module failed"; } | tee $(TESTLOG)
 	@for m in $(MODULES); do echo "== $$m"; { (cd $$m && $(GO) test -race -count=1 ./... 2>&1) || echo "make test: module $$m failed"; }; done | tee -a $(TESTLOG)
 	@if grep -q '^make test: .* failed$$' $(TESTLOG); then \
 		echo "== make test failed; the failures again (the whole output is in $(TESTLOG)):"; \

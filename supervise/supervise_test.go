@@ -356,12 +356,18 @@ func TestRestartIntensityWindowSlides(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	calls := 0
+	// Stop after the tenth exit, from the supervisor's goroutine: a child
+	// that cancelled ctx itself could be seen as asked to stop before its
+	// return reached the supervisor, and with this clock its
+	// ShutdownTimeout passes at once.
+	s.OnEvent = func(e supervise.Event) {
+		if e.Kind == supervise.EventChildExited && calls == 10 {
+			cancel()
+		}
+	}
 	err := s.Run(ctx, reg.Locker("job"), func(context.Context) error {
 		calls++
 		now = now.Add(31 * time.Second) // two restarts at most in any minute
-		if calls == 10 {
-			cancel()
-		}
 		return nil
 	})
 	if err != nil || calls != 10 {
