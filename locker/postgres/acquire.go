@@ -297,33 +297,15 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	if err != nil {
 		return nil, time.Time{}, l.ctxErrorf(ctx, "acquire: reading when the server started: %w", err)
 	}
-	lock, err := conn.PrepareContext(sctx, lockSQL)
-	if err != nil {
-		return nil, time.Time{}, l.ctxErrorf(ctx, "acquire: preparing the lock statement: %w", err)
-	}
-	// After a grant the prepared statements stay with the connection,
-	// which the hold destroys at its end (see hold.flush); without one
-	// they are closed here.
-	keep := false
-	defer func() {
-		if !keep {
-			lock.Close()
-		}
-	}()
-	// The hold's first statement makes the token durable, and a
-	// supervised child's start waits for it (Token). Prepared now, before
-	// the wait, its parse and the catalog look-ups it needs are off the
-	// takeover path: after the grant it costs one round trip and the WAL
-	// flush.
-	flush, err := conn.PrepareContext(sctx, flushSQL)
-	if err != nil {
-		return nil, time.Time{}, l.ctxErrorf(ctx, "acquire: preparing the flush statement: %w", err)
-	}
-	defer func() {
-		if !keep {
-			flush.Close()
-		}
-	}()
+	// No statement is prepared on the pinned connection (*sql.Stmt): a
+	// prepared statement must be closed, and a close is a round trip
+	// outside the deadlines that bound this connection's statements (pgx
+	// gives it 5s, then closes the socket and so frees the lock), which
+	// lib/pq writes in two pieces: a process frozen between them leaves
+	// the server waiting mid-message, where idle_session_timeout does not
+	// run, and the lock held for as long as the freeze lasts. The drivers
+	// parse these statements themselves (pgx caches them on the session;
+	// lib/pq parses before each wait).
 
 	// Wait in chunks: a statement waiting for a lock holds a snapshot,
 	// which holds back VACUUM everywhere; lock_timeout ends each chunk.
@@ -337,7 +319,7 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	for {
 		wctx, wcancel := context.WithTimeout(ctx, l.cfg.waitChunk+l.cfg.sessionTimeout)
 		sent = time.Now()
-		err = lock.QueryRowContext(wctx, int64(classid), int64(objid), l.key, ms(checkInterval)).
+		err = conn.QueryRowContext(wctx, lockSQL, int64(classid), int64(objid), l.key, ms(checkInterval)).
 			Scan(&vpid, &standby, &held, &token, &waited, &checks)
 		wcancel()
 		if ctx.Err() != nil {
@@ -376,8 +358,7 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	if late := time.Since(granted); late > l.cfg.loss {
 		return nil, time.Time{}, l.errorf("acquire: %w: the grant was read %v after it was made (was this process paused?)", errStaleGrant, late.Round(time.Millisecond))
 	}
-	keep = true
-	return newHold(l, conn, flush, *b, uint64(token), granted), ready, nil
+	return newHold(l, conn, *b, uint64(token), granted), ready, nil
 }
 
 // clamp returns d within [0, max].

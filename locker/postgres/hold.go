@@ -19,13 +19,12 @@ import (
 // A hold is one acquisition: a pinned connection holding the lock, and the
 // heartbeat goroutine that owns the connection until the hold ends.
 type hold struct {
-	l         *Locker
-	sess      *run // the Session run whose names this hold carries; nil for a plain Locker
-	conn      *sql.Conn
-	flushStmt *sql.Stmt // flushSQL, prepared on conn before the lock wait
-	backend   backend   // pid and start of the session
-	pid       int
-	token     uint64
+	l       *Locker
+	sess    *run // the Session run whose names this hold carries; nil for a plain Locker
+	conn    *sql.Conn
+	backend backend // pid and start of the session
+	pid     int
+	token   uint64
 
 	lost    chan struct{} // closed by end, once
 	durable chan struct{} // closed once the token is flushed to WAL
@@ -44,22 +43,21 @@ type hold struct {
 
 // newHold starts a hold on conn, whose lock was granted no later than
 // granted.
-func newHold(l *Locker, conn *sql.Conn, flush *sql.Stmt, b backend, token uint64, granted time.Time) *hold {
+func newHold(l *Locker, conn *sql.Conn, b backend, token uint64, granted time.Time) *hold {
 	h := &hold{
-		l:         l,
-		sess:      l.sess,
-		conn:      conn,
-		flushStmt: flush,
-		backend:   b,
-		pid:       b.pid,
-		token:     token,
-		lost:      make(chan struct{}),
-		durable:   make(chan struct{}),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
-		beats:     make(chan struct{}, 1),
-		deadline:  granted.Add(l.cfg.loss),
-		sent:      granted,
+		l:        l,
+		sess:     l.sess,
+		conn:     conn,
+		backend:  b,
+		pid:      b.pid,
+		token:    token,
+		lost:     make(chan struct{}),
+		durable:  make(chan struct{}),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		beats:    make(chan struct{}, 1),
+		deadline: granted.Add(l.cfg.loss),
+		sent:     granted,
 	}
 	// The loss timer does not wait for a heartbeat call to return: a
 	// driver may ignore deadlines on a silent network. It is set under
@@ -234,21 +232,14 @@ func (h *hold) finish() {
 // flush off the takeover path: Token waits for it instead.
 const flushSQL = `SELECT pg_catalog.pg_logical_emit_message(true, 'onlyone', $1)::text`
 
-// flush runs flushSQL (prepared before the lock wait), the hold's first
-// statement, and then marks the token durable. Its error and dead are as
-// beat's.
-//
-// The hold's prepared statements are not closed: the connection is always
-// destroyed when the hold ends, and they go with it. Closing one is a
-// round trip of its own, outside the deadlines that bound every statement
-// on this connection: pgx gives it 5s and then closes the socket — which
-// frees the lock, possibly while the work is still in its Grace.
+// flush runs flushSQL, the hold's first statement, and then marks the
+// token durable. Its error and dead are as beat's.
 func (h *hold) flush() (err error, dead bool) {
 	ctx, cancel := context.WithDeadline(context.Background(), h.lastSent().Add(h.l.cfg.loss+h.l.cfg.grace))
 	defer cancel()
-	if _, err := h.flushStmt.ExecContext(ctx, "fencing token for lock "+h.l.label); err != nil {
+	if _, err := h.conn.ExecContext(ctx, flushSQL, "fencing token for lock "+h.l.label); err != nil {
 		if sqlState(err) == "26000" { // invalid_sql_statement_name
-			// The statement prepared on this session is gone: a
+			// A statement the driver prepared on this session is gone: a
 			// transaction-mode pooler gave the connection another backend.
 			return fmt.Errorf("making the fencing token durable: %w (%v)", ErrBackendChanged, err), false
 		}
