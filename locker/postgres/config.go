@@ -49,8 +49,10 @@ func WithHeartbeatInterval(d time.Duration) Option { return func(c *config) { c.
 
 // WithLossTimeout sets how long after the send time of the last heartbeat
 // that succeeded the holder gives the lock up (closes Lost) when no later
-// one succeeds. It must be at least twice the heartbeat interval: each
-// heartbeat waits one interval on the server before it answers. Default 3s.
+// one succeeds. It must be at least 2.5 times the heartbeat interval: each
+// heartbeat waits one interval on the server before it answers, so the next
+// answer comes two intervals and two round trips after the last good one
+// was sent. Default 3s.
 func WithLossTimeout(d time.Duration) Option { return func(c *config) { c.loss = d } }
 
 // WithGrace sets the time a holder has to stop its work after Lost closes,
@@ -127,10 +129,13 @@ func newConfig(opts []Option) (config, error) {
 		c.sessionTimeout = c.loss + c.grace + DefaultMargin
 	}
 	switch {
-	case c.loss < 2*c.heartbeat:
+	case 2*c.loss < 5*c.heartbeat:
 		// A heartbeat waits HeartbeatInterval on the server before it
-		// answers: the deadline it extends must leave room for one more.
-		return c, configError("LossTimeout (%v) must be at least twice HeartbeatInterval (%v): each heartbeat waits one interval on the server before it answers, and the lock would be given up between two of them", c.loss, c.heartbeat)
+		// answers, and the next one is sent only then: the deadline one
+		// extends must leave room for two intervals and two round trips.
+		// At exactly two intervals every hold was lost within a few
+		// heartbeats.
+		return c, configError("LossTimeout (%v) must be at least 2.5 × HeartbeatInterval (%v): each heartbeat waits one interval on the server before it answers, so the next answer comes two intervals and two round trips after the last good heartbeat was sent, and the lock would be given up between two of them", c.loss, c.heartbeat)
 	case c.sessionTimeout < c.loss+c.grace+MinMargin:
 		return c, configError("SessionTimeout (%v) must be at least LossTimeout (%v) + Grace (%v) + %v: otherwise the server may free the lock while the holder's work still runs", c.sessionTimeout, c.loss, c.grace, MinMargin)
 	case c.waitChunk >= c.sessionTimeout:

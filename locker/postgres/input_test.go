@@ -37,7 +37,10 @@ func TestNewRejectsBadInput(t *testing.T) {
 		{"zero grace", db, "x", []postgres.Option{postgres.WithGrace(0)}, "Grace"},
 		{"negative chunk", db, "x", []postgres.Option{postgres.WithWaitChunk(-s)}, "WaitChunk"},
 		{"loss within a heartbeat", db, "x", []postgres.Option{postgres.WithHeartbeatInterval(2 * s), postgres.WithLossTimeout(2 * s)}, "LossTimeout"},
-		{"loss under two heartbeats", db, "x", []postgres.Option{postgres.WithHeartbeatInterval(2 * s), postgres.WithLossTimeout(3 * s)}, "twice HeartbeatInterval"},
+		{"loss under two heartbeats", db, "x", []postgres.Option{postgres.WithHeartbeatInterval(2 * s), postgres.WithLossTimeout(3 * s)}, "2.5 × HeartbeatInterval"},
+		// Exactly two: the next answer comes two intervals and two round
+		// trips after the last good heartbeat was sent, past the deadline.
+		{"loss of exactly two heartbeats", db, "x", []postgres.Option{postgres.WithHeartbeatInterval(s), postgres.WithLossTimeout(2 * s)}, "2.5 × HeartbeatInterval"},
 		{"server bound too short", db, "x", []postgres.Option{postgres.WithSessionTimeout(8 * s)}, "SessionTimeout"},
 		{"chunk beyond the bound", db, "x", []postgres.Option{postgres.WithWaitChunk(20 * s)}, "WaitChunk"},
 		{"identity too long", db, "x", []postgres.Option{postgres.WithIdentity(strings.Repeat("n", 64))}, "Identity"},

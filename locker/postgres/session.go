@@ -70,7 +70,9 @@ type Session struct {
 	id   uint32
 	pres *Locker // the presence lock: its hold is the Session's pinned connection
 
-	start sync.Mutex // serialises starting and closing runs
+	start     sync.Mutex    // serialises starting and closing runs
+	closing   chan struct{} // closed by Close before it waits for start: a run being started gives up
+	closeOnce sync.Once
 
 	mu     sync.Mutex
 	cur    *run // the current run; nil before the first Acquire
@@ -101,7 +103,7 @@ func NewSession(db *sql.DB, opts ...Option) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Session{db: db, cfg: pres.cfg, id: id, pres: pres}, nil
+	return &Session{db: db, cfg: pres.cfg, id: id, pres: pres, closing: make(chan struct{})}, nil
 }
 
 // Locker returns a contender for the lock called name on s. The lock is
@@ -139,8 +141,12 @@ func (s *Session) Locker(name string) (locker.Locker, error) {
 // network to the server has gone silent and the driver ignores deadlines
 // there (lib/pq): it then returns an error, every Lost is closed all the
 // same, the connections are destroyed once the driver gives them back,
-// and the server frees the names within SessionTimeout in any case.
+// and the server frees the names within SessionTimeout in any case. An
+// Acquire that is starting the Session's connection meanwhile (connecting,
+// waiting out a restart quarantine) gives up with an error rather than
+// making Close wait for it.
 func (s *Session) Close() error {
+	s.closeOnce.Do(func() { close(s.closing) })
 	s.start.Lock()
 	defer s.start.Unlock()
 	s.mu.Lock()
@@ -159,9 +165,32 @@ func (s *Session) errorf(format string, args ...any) error {
 	return fmt.Errorf("postgres: session %08x: "+format, append([]any{s.id}, args...)...)
 }
 
+// startErr is the error of a start of a run that failed with err: a Close
+// meanwhile makes it say so.
+func (s *Session) startErr(err error) error {
+	select {
+	case <-s.closing:
+		return s.errorf("closed while starting: %w", err)
+	default:
+		return s.errorf("starting: %w", err)
+	}
+}
+
 // runFor returns the current run, starting one when there is none or the
 // last was lost.
 func (s *Session) runFor(ctx context.Context) (*run, error) {
+	// A Close meanwhile ends the start as ctx would: Close must not wait
+	// behind a connect, a restart quarantine or a Grace of somebody
+	// else's Acquire.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	s.start.Lock()
 	defer s.start.Unlock()
 	s.mu.Lock()
@@ -174,24 +203,31 @@ func (s *Session) runFor(ctx context.Context) (*run, error) {
 		return r, nil
 	}
 	if r != nil {
-		// The old run's poker ends by itself once its hold is lost.
+		// The old run's poker ends by itself once its hold is lost, unless
+		// it is stuck in the driver (lib/pq on a silent network): it then
+		// keeps its connection until the driver gives it back, and is
+		// not waited for longer than Close waits for it.
+		t := time.NewTimer(reapTimeout)
 		select {
 		case <-r.done:
+		case <-t.C:
 		case <-ctx.Done():
-			return nil, s.errorf("starting: %w", ctx.Err())
+			t.Stop()
+			return nil, s.startErr(ctx.Err())
 		}
+		t.Stop()
 		// Starting the new run releases the old hold, which ends its
 		// session: every name still held on it would be free at once,
 		// while its work may still be stopping. Wait until each is
 		// released, or Grace has passed since the loss.
 		if err := r.waitReleased(ctx, s.cfg.grace); err != nil {
-			return nil, s.errorf("starting: %w", err)
+			return nil, s.startErr(err)
 		}
 	}
 	r = newRun(s)
 	s.pres.sess = r
 	if err := s.pres.Acquire(ctx); err != nil {
-		return nil, s.errorf("starting: %w", err)
+		return nil, s.startErr(err)
 	}
 	s.pres.mu.Lock()
 	r.h = s.pres.cur
@@ -645,9 +681,15 @@ const pollEvery = 10 * time.Millisecond
 func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 	cfg := r.s.cfg
 	r.mu.Lock()
+	full := time.Now().Before(r.fullUntil)
 	sleep := cfg.heartbeat
 	switch {
-	case r.dirty || len(r.unlock) > 0 || r.ring && r.bell != 0 && r.bellKnown:
+	case r.dirty || len(r.unlock) > 0:
+		sleep = 0
+	case full:
+		// Nothing can be taken or rung until the lock table has room:
+		// beat at the interval, not at bellRetry.
+	case r.ring && r.bell != 0 && r.bellKnown:
 		sleep = 0
 	case r.bell == 0 || !r.bellKnown || r.ring || r.left:
 		// No doorbell yet (or a ring that could not move it): try again
@@ -684,13 +726,15 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		}
 	}
 	want := len(r.claims)
-	full := time.Now().Before(r.fullUntil)
 	if full {
-		// Nothing that needs a new entry in the lock table: no takes, and
-		// the doorbell neither rung nor taken. (known is sent as true only
-		// to leave the doorbell alone; the answer is the key sent.)
+		// Nothing that needs a new entry in the lock table: no takes, no
+		// watch (its shared try-lock needs one, and would fail the beat
+		// before it unlocks what was released), and the doorbell neither
+		// rung nor taken. (known is sent as true only to leave the
+		// doorbell alone; the answer is the key sent.)
 		cands, forced = nil, nil
 		ring, known = false, true
+		watch = 0
 	}
 	r.mu.Unlock()
 
@@ -714,14 +758,24 @@ func (r *run) beat(ctx context.Context, h *hold) (pid int, ok bool, err error) {
 		if sqlState(err) != "57014" && !full {
 			return 0, false, err
 		}
-		// Some names may be locked without our knowing: unlock them. The
-		// answer shows the session alive: it counts as a heartbeat, so
-		// that a full lock table costs no hold.
-		pid, rerr := r.reconcile(ctx, h, append(cands, forced...))
+		// Some names may be locked without our knowing: unlock them, and
+		// the names released since the last beat, which the beat may
+		// have failed before or after unlocking (reconcile needs no new
+		// entry in a full lock table). The answer shows the session
+		// alive: it counts as a heartbeat, so that a full lock table
+		// costs no hold.
+		pid, rerr := r.reconcile(ctx, h, slices.Concat(cands, forced, unlock))
 		if rerr != nil {
 			return 0, false, fmt.Errorf("%w (and then: %v)", rerr, err)
 		}
 		r.mu.Lock()
+		if pid == h.pid {
+			// The released names are unlocked: a Release waiting for the
+			// beat after its drop may return.
+			r.unlock = r.unlock[len(unlock):]
+			close(r.beatDone)
+			r.beatDone = make(chan struct{})
+		}
 		r.bellKnown = false // a ring may have stopped half way; the next beat looks
 		r.interest = 0      // reconcile let it go
 		if full {

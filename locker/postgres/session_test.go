@@ -174,10 +174,28 @@ func TestSessionLockTableFull(t *testing.T) {
 		t.Run(d, func(t *testing.T) {
 			ctx := context.Background()
 			e := newEnv(t, srv, d, srv.URL)
-			s := newSession(t, e.db, quick...)
+			// No spreading: the other Session below must not be handed the
+			// held name.
+			noSpread := slices.Concat(quick, []postgres.Option{postgres.WithSpread(false)})
+			s := newSession(t, e.db, noSpread...)
 			base := uniqueName(t)
 			held := sessionLocker(t, s, base+".held")
 			if err := held.Acquire(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// Another Session waits for the held name: s watches it, which
+			// takes a lock-table entry at every step of its wait.
+			other := sessionLocker(t, newSession(t, e.db, noSpread...), base+".held")
+			octx, ocancel := context.WithCancel(ctx)
+			odone := make(chan error, 1)
+			go func() { odone <- other.Acquire(octx) }()
+			defer func() { ocancel(); <-odone; _ = other.Release(ctx) }()
+			eventually(t, 10*time.Second, "the other Session shows its interest", func() bool {
+				var n int
+				return e.admin.QueryRow(`SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND mode = 'ShareLock' AND classid::bigint = 1869507708`).Scan(&n) == nil && n > 0
+			})
+			var holder int
+			if err := e.admin.QueryRow(`SELECT pid FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND ((classid::bigint << 32) | objid::bigint) = $1`, postgres.Key(base+".held")).Scan(&holder); err != nil {
 				t.Fatal(err)
 			}
 			// Fill the table from another session, until the server refuses.
@@ -210,19 +228,25 @@ func TestSessionLockTableFull(t *testing.T) {
 				t.Fatalf("a held name was lost when the table filled: %v", locker.Err(held))
 			default:
 			}
+			// A name released while the table is full is unlocked, and
+			// Release says so: a full table stops new takes, not releases.
+			rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+			rerr := held.Release(rctx)
+			rcancel()
+			if rerr != nil {
+				t.Fatalf("Release with the lock table full: %v", rerr)
+			}
+			var still bool
+			if err := e.admin.QueryRow(`SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' AND ((classid::bigint << 32) | objid::bigint) = $1 AND pid = $2)`, postgres.Key(base+".held"), holder).Scan(&still); err != nil || still {
+				t.Fatalf("after Release, the Session's backend %d still holds the name (%v)", holder, err)
+			}
 			if _, err := filler.ExecContext(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
 				t.Fatal(err)
 			}
 			if err := more.Acquire(actx); err != nil {
 				t.Fatalf("Acquire once there is room: %v", err)
 			}
-			select {
-			case <-held.Lost():
-				t.Fatalf("a held name was lost: %v", locker.Err(held))
-			default:
-			}
 			_ = more.Release(ctx)
-			_ = held.Release(ctx)
 		})
 	}
 }
@@ -542,7 +566,7 @@ func TestSessionWatchesJoinerAtOnce(t *testing.T) {
 		join := func(i int) {
 			id := fmt.Sprintf("joiner-%d-%s", i, base[len(base)-8:])
 			ids = append(ids, id)
-			w.run(i, newSession(t, e.db, postgres.WithHeartbeatInterval(time.Second), postgres.WithLossTimeout(2*time.Second),
+			w.run(i, newSession(t, e.db, postgres.WithHeartbeatInterval(time.Second), postgres.WithLossTimeout(3*time.Second),
 				postgres.WithGrace(time.Second), postgres.WithWaitChunk(4*time.Second), postgres.WithIdentity(id)))
 		}
 		join(0)
@@ -573,4 +597,46 @@ func TestSessionWatchesJoinerAtOnce(t *testing.T) {
 		}
 		w.stop()
 	})
+}
+
+// TestSessionCloseDuringStart: Close while an Acquire is starting the
+// Session's run — here waiting out the restart quarantine of a fresh
+// server, SessionTimeout long — ends that start instead of waiting
+// behind it: the Acquire fails, and the name was never held. (Waiting,
+// Close would have returned only after the quarantine, and the Acquire
+// would have succeeded.)
+func TestSessionCloseDuringStart(t *testing.T) {
+	srv := ownServer(t)
+	for _, d := range drivers {
+		t.Run(d, func(t *testing.T) {
+			e := newEnv(t, srv, d, srv.URL)
+			s, err := postgres.NewSession(e.db, postgres.WithSessionTimeout(time.Minute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := sessionLocker(t, s, uniqueName(t))
+			errc := make(chan error, 1)
+			go func() { errc <- l.Acquire(context.Background()) }()
+			eventually(t, 10*time.Second, "the Session holds its presence key, waiting out the quarantine", func() bool {
+				var n int
+				return e.admin.QueryRow(`SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted AND classid::bigint = 1869507705`).Scan(&n) == nil && n > 0
+			})
+			if err := s.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			var during bool
+			if err := e.admin.QueryRow(`SELECT pg_catalog.clock_timestamp() - GREATEST(pg_catalog.pg_postmaster_start_time(),
+				(SELECT stats_reset FROM pg_catalog.pg_stat_bgwriter)) < interval '1 minute'`).Scan(&during); err != nil {
+				t.Fatal(err)
+			}
+			if !during {
+				t.Fatal("Close returned only after the quarantine: it waited behind the Acquire")
+			}
+			if err := <-errc; err == nil {
+				t.Fatal("Acquire succeeded after Close")
+			} else {
+				t.Logf("Acquire: %v", err)
+			}
+		})
+	}
 }
