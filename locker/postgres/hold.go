@@ -230,19 +230,17 @@ func (h *hold) finish() {
 // session); WAL is flushed in order, so the earlier commit is durable
 // too. Running it after the grant, not in the lock statement, keeps the
 // flush off the takeover path: Token waits for it instead.
-const flushSQL = `SELECT pg_catalog.pg_logical_emit_message(true, 'onlyone', $1)::text`
+//
+// It takes no parameter, so that both drivers send it as one simple query:
+// one round trip, parsed by the server, nothing prepared (see lockOn).
+const flushSQL = `SELECT pg_catalog.pg_logical_emit_message(true, 'onlyone', 'fencing token')::text`
 
 // flush runs flushSQL, the hold's first statement, and then marks the
 // token durable. Its error and dead are as beat's.
 func (h *hold) flush() (err error, dead bool) {
 	ctx, cancel := context.WithDeadline(context.Background(), h.lastSent().Add(h.l.cfg.loss+h.l.cfg.grace))
 	defer cancel()
-	if _, err := h.conn.ExecContext(ctx, flushSQL, "fencing token for lock "+h.l.label); err != nil {
-		if sqlState(err) == "26000" { // invalid_sql_statement_name
-			// A statement the driver prepared on this session is gone: a
-			// transaction-mode pooler gave the connection another backend.
-			return fmt.Errorf("making the fencing token durable: %w (%v)", ErrBackendChanged, err), false
-		}
+	if _, err := h.conn.ExecContext(ctx, flushSQL); err != nil {
 		return fmt.Errorf("making the fencing token durable: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
 	close(h.durable)
