@@ -26,15 +26,7 @@ func TestGuardStopsRunOnLoss(t *testing.T) {
 		Logger:          slog.New(slog.DiscardHandler),
 		OnEvent:         func(e supervise.Event) { leaderEvents <- e },
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- el.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	}()
+	ctx := runElector(t, el)
 	waitEvent(t, leaderEvents, supervise.EventAcquired)
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer wcancel()
@@ -120,15 +112,7 @@ func (u *unvouched) VouchedUntil() time.Time {
 func TestIsLeaderNeedsVouching(t *testing.T) {
 	l := &unvouched{Locker: memory.New().Locker("vouch")}
 	el := leader.NewElector(l, &supervise.Supervisor{Logger: slog.New(slog.DiscardHandler)})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- el.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run = %v", err)
-		}
-	}()
+	ctx := runElector(t, el)
 	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer wcancel()
 	if err := el.WaitLeader(wctx); err != nil {
@@ -143,4 +127,19 @@ func TestIsLeaderNeedsVouching(t *testing.T) {
 		t.Fatal("Lost closed: the test wants the window before it does")
 	default:
 	}
+}
+
+// runElector runs el until the test ends, failing the test if Run then
+// returns an error, and returns the ctx it runs under.
+func runElector(t *testing.T, el *leader.Elector) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- el.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+	return ctx
 }
