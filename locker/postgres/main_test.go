@@ -98,8 +98,17 @@ func uniqueName(t *testing.T) string {
 // holders returns the pids of the sessions that hold key.
 func (e *env) holders(t *testing.T, key int64) []int {
 	t.Helper()
+	return holdersOn(t, e.admin, key)
+}
+
+// holdersOn is holders, asked on q: a connection taken beforehand, where
+// a new one could not be opened (a full lock table).
+func holdersOn(t *testing.T, q interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}, key int64) []int {
+	t.Helper()
 	classid, objid := postgres.KeyParts(key)
-	rows, err := e.admin.Query(`SELECT pid FROM pg_locks WHERE locktype = 'advisory'
+	rows, err := q.QueryContext(context.Background(), `SELECT pid FROM pg_locks WHERE locktype = 'advisory'
 		AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 AND granted`, int64(classid), int64(objid))
 	if err != nil {
 		t.Fatal(err)

@@ -198,6 +198,12 @@ func TestSessionLockTableFull(t *testing.T) {
 			if len(before) != 1 {
 				t.Fatalf("holders of the held name: %v, want the Session's backend", before)
 			}
+			// Asked after the table is full, where no new session can start.
+			checker, err := e.admin.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer checker.Close()
 			// Fill the table from another session, until the server refuses.
 			filler, err := e.admin.Conn(ctx)
 			if err != nil {
@@ -236,7 +242,7 @@ func TestSessionLockTableFull(t *testing.T) {
 			if rerr != nil {
 				t.Fatalf("Release with the lock table full: %v", rerr)
 			}
-			if after := e.holders(t, postgres.Key(base+".held")); slices.Contains(after, before[0]) {
+			if after := holdersOn(t, checker, postgres.Key(base+".held")); slices.Contains(after, before[0]) {
 				t.Fatalf("after Release, the Session's backend %d still holds the name (holders %v)", before[0], after)
 			}
 			if _, err := filler.ExecContext(ctx, `SELECT pg_advisory_unlock_all()`); err != nil {
