@@ -38,7 +38,9 @@ func contender(system, endpoint, name, id string) int {
 	case "onlyone-bare":
 		err = bareContender(ctx, endpoint, name, id)
 	case "raw":
-		err = rawContender(ctx, endpoint, name)
+		err = rawContender(ctx, endpoint, name, "")
+	case "raw-busy", "raw-spare":
+		err = rawContender(ctx, endpoint, name, system)
 	case "etcd-60s":
 		err = etcdContender(ctx, endpoint, name, id, 60)
 	case "etcd-2s":
@@ -71,8 +73,14 @@ func onlyoneContender(ctx context.Context, driver, url, name, id string) error {
 }
 
 // rawContender: a blocking pg_advisory_lock, the physical limit. It has no
-// way to learn that it lost the lock.
-func rawContender(ctx context.Context, url, name string) error {
+// way to learn that it lost the lock. Two variants each add one thing
+// onlyone's holder does, to tell its costs apart:
+//   - raw-busy keeps a statement in flight on the lock's connection
+//     (pg_sleep for a second, again and again) with the server checking
+//     for a dead client every 2ms, as onlyone's heartbeat does;
+//   - raw-spare keeps one more connection idle in its pool, as onlyone's
+//     holder does for Release (and any application's pool would).
+func rawContender(ctx context.Context, url, name, variant string) error {
 	db, err := sql.Open("pgx", url)
 	if err != nil {
 		return err
@@ -86,6 +94,19 @@ func rawContender(ctx context.Context, url, name string) error {
 		return err
 	}
 	say("start")
+	switch variant {
+	case "raw-busy":
+		if _, err := conn.ExecContext(ctx, "SET client_connection_check_interval = '2ms'"); err != nil {
+			return err
+		}
+		for ctx.Err() == nil {
+			_, _ = conn.ExecContext(context.Background(), "SELECT pg_sleep(1)")
+		}
+	case "raw-spare":
+		if err := db.PingContext(ctx); err != nil { // opens a second connection: the first is pinned
+			return err
+		}
+	}
 	<-ctx.Done()
 	say("stop")
 	return nil

@@ -180,7 +180,7 @@ func machine(db *sql.DB) string {
 // bound at all, so waiting long for it shows nothing more.
 func waitFor(sys string, wait time.Duration) time.Duration {
 	switch {
-	case sys == "raw":
+	case strings.HasPrefix(sys, "raw"):
 		return 20 * time.Second
 	case sys == "etcd-60s":
 		return wait

@@ -33,7 +33,8 @@ type proc struct {
 	proxy  *faultproxy.Proxy
 	starts []time.Time
 	stops  []time.Time
-	killed time.Time // when SIGKILLed, if it was
+	killed time.Time     // when SIGKILLed, if it was
+	read   chan struct{} // closed once its stdout is read to the end
 }
 
 type event struct {
@@ -77,7 +78,7 @@ func (e *env) trial(ctx context.Context, sys, fault string, trial int, wait time
 		if !strings.HasPrefix(sys, "etcd") {
 			endpoint = e.pg.URLVia(addr)
 		}
-		p := &proc{id: i, proxy: px, cmd: exec.Command(e.self)}
+		p := &proc{id: i, proxy: px, cmd: exec.Command(e.self), read: make(chan struct{})}
 		p.cmd.Env = append(os.Environ(), contenderEnv+"="+sys, "BENCH_ENDPOINT="+endpoint, "BENCH_NAME="+name, "BENCH_ID="+fmt.Sprintf("c%d", i))
 		out, _ := p.cmd.StdoutPipe()
 		p.cmd.Stderr = os.Stderr
@@ -87,6 +88,7 @@ func (e *env) trial(ctx context.Context, sys, fault string, trial int, wait time
 		}
 		procs = append(procs, p)
 		go func() {
+			defer close(p.read)
 			sc := bufio.NewScanner(out)
 			for sc.Scan() {
 				f := strings.Fields(sc.Text())
@@ -165,6 +167,14 @@ func (e *env) trial(ctx context.Context, sys, fault string, trial int, wait time
 			}
 		}
 	case "graceful":
+		// Read its output to the end before Wait, which closes the pipe:
+		// otherwise a last "stop" line can be lost, and the work counted
+		// as running on past the next one's start (a false overlap).
+		select {
+		case <-leader.read:
+		case <-time.After(15 * time.Second):
+			r.Note += " old leader's output did not end"
+		}
 		_ = leader.cmd.Wait()
 	}
 	end := time.Now()
@@ -307,7 +317,7 @@ func (e *env) idleLoad(sys string, d time.Duration) (idleLoad, error) {
 	if err != nil {
 		return l, err
 	}
-	if sys == "raw" { // the raw contender sets no application_name
+	if strings.HasPrefix(sys, "raw") { // the raw contenders set no application_name
 		err = e.admin.QueryRow(`SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'
 			AND pid <> pg_backend_pid() AND state IS NOT NULL AND query ILIKE '%pg_advisory_lock%'`).Scan(&conns)
 		if err != nil {
