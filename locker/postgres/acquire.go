@@ -28,8 +28,9 @@ const heldByMe = `EXISTS (SELECT 1 FROM pg_catalog.pg_locks
 // It also asks whether the session holds the lock already: advisory locks
 // are re-entrant, so a pooled session on which other code took the same
 // key would make the wait succeed at once. And it warms the session's
-// catalog caches for the verification, which on a new backend otherwise
-// costs half a millisecond after the grant, on the takeover path.
+// catalog caches for the same question in the hold's first statement
+// (flushSQL), which on a new backend otherwise costs half a millisecond
+// more after the grant.
 //
 // The settings, all on a session that is never returned to the pool:
 //   - the server-side bound (statement_timeout and the idle timeouts);
@@ -108,30 +109,28 @@ const upSQL = `SELECT (extract(epoch FROM pg_catalog.clock_timestamp() - GREATES
 FROM pg_catalog.pg_control_checkpoint() c,
 	(SELECT ('x' || pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int AS tl) w`
 
-// lockSQL waits for the lock $3 for at most lock_timeout and, once it is
+// lockSQL waits for the lock $1 for at most lock_timeout and, once it is
 // granted, answers from the server's own state, in the same statement:
 // the subquery (fenced by OFFSET 0) takes the lock; only then is the outer
-// list evaluated. It reports the backend, whether it is a primary, whether
-// pg_locks shows the lock granted to it (never trust a driver's answer
-// about the lock: trust the server's), and the hold's fencing token — a
-// transaction id, assigned now that the lock is held — and how long the
-// statement waited, by the server's clock. The token is made durable by
-// the hold's first statement (flushSQL), off the takeover path.
+// list evaluated. It reports the backend, whether it is a primary, and how
+// long the statement waited, by the server's clock.
 //
-// One statement instead of a lock and then a verification saves a round
-// trip after the grant, where takeover latency is counted.
+// It does nothing else: the answer is on the takeover path, where every
+// microsecond of server work counts. The checks that need not be there —
+// that pg_locks shows the lock granted to this backend (never trust a
+// driver's answer about the lock: trust the server's), and the fencing
+// token — are the hold's first statement (flushSQL), which Token waits for.
 //
 // Once the lock is held it also sets client_connection_check_interval
 // (PostgreSQL 14 on): the heartbeat keeps a statement in flight, and a
 // backend busy with a statement notices that its client died — the
 // holder's process crashed — only when it checks. Waiters do not pay for
 // the checks.
-const lockSQL = `SELECT g.pid, pg_catalog.pg_is_in_recovery(), ` + heldByMe + `,
-	pg_catalog.txid_current(),
+const lockSQL = `SELECT g.pid, pg_catalog.pg_is_in_recovery(),
 	(extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000000)::bigint,
 	CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000
-		THEN pg_catalog.set_config('client_connection_check_interval', $4, false) END
-FROM (SELECT pg_catalog.pg_advisory_lock($3), pg_catalog.pg_backend_pid() AS pid OFFSET 0) g`
+		THEN pg_catalog.set_config('client_connection_check_interval', $2, false) END
+FROM (SELECT pg_catalog.pg_advisory_lock($1), pg_catalog.pg_backend_pid() AS pid OFFSET 0) g`
 
 // detachAfter is how long acquire waits, once ctx is done, for the driver
 // to give the connection back before it returns without it.
@@ -310,17 +309,17 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	// Wait in chunks: a statement waiting for a lock holds a snapshot,
 	// which holds back VACUUM everywhere; lock_timeout ends each chunk.
 	var (
-		sent          time.Time
-		vpid          int
-		standby, held bool
-		token, waited int64
-		checks        sql.NullString
+		sent    time.Time
+		vpid    int
+		standby bool
+		waited  int64
+		checks  sql.NullString
 	)
 	for {
 		wctx, wcancel := context.WithTimeout(ctx, l.cfg.waitChunk+l.cfg.sessionTimeout)
 		sent = time.Now()
-		err = conn.QueryRowContext(wctx, lockSQL, int64(classid), int64(objid), l.key, ms(checkInterval)).
-			Scan(&vpid, &standby, &held, &token, &waited, &checks)
+		err = conn.QueryRowContext(wctx, lockSQL, l.key, ms(checkInterval)).
+			Scan(&vpid, &standby, &waited, &checks)
 		wcancel()
 		if ctx.Err() != nil {
 			// Whatever the driver said, the lock may or may not be held
@@ -341,8 +340,6 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 		return nil, time.Time{}, l.errorf("acquire: %w (pid %d, then %d)", ErrBackendChanged, pid, vpid)
 	case standby:
 		return nil, time.Time{}, l.errorf("acquire: %w", locker.ErrStandby)
-	case !held:
-		return nil, time.Time{}, l.errorf("acquire: the server reported the lock taken but pg_locks does not show it held by backend %d", pid)
 	}
 	// The loss deadline counts from a moment no later than the grant: the
 	// send time plus the wait the server measured. (The statement started
@@ -358,7 +355,7 @@ func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold,
 	if late := time.Since(granted); late > l.cfg.loss {
 		return nil, time.Time{}, l.errorf("acquire: %w: the grant was read %v after it was made (was this process paused?)", errStaleGrant, late.Round(time.Millisecond))
 	}
-	return newHold(l, conn, *b, uint64(token), granted), ready, nil
+	return newHold(l, conn, *b, granted), ready, nil
 }
 
 // clamp returns d within [0, max].

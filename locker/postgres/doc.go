@@ -23,8 +23,12 @@
 //
 // Every failure leads to the lock not being held, never to two holders:
 //
-//   - Acquire returns nil only after the server's pg_locks shows the lock
-//     granted to the pinned session, on a primary. A cancelled or failed
+//   - Acquire returns nil only on the server's own answer, from the pinned
+//     session's backend, that pg_advisory_lock returned there, on a
+//     primary: one statement whose row a driver cannot make up. pg_locks
+//     is read on that session too, before the hold's fencing token is
+//     given out (Token), and a hold whose lock it does not show is lost.
+//     A cancelled or failed
 //     Acquire destroys its connection: a driver's answer to a cancelled
 //     statement is not trusted (lib/pq can report success without the
 //     lock, pgx failure with it).

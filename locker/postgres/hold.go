@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,7 +25,7 @@ type hold struct {
 	conn    *sql.Conn
 	backend backend // pid and start of the session
 	pid     int
-	token   uint64
+	token   uint64 // set by flush, before durable closes
 
 	lost    chan struct{} // closed by end, once
 	durable chan struct{} // closed once the token is flushed to WAL
@@ -43,14 +44,13 @@ type hold struct {
 
 // newHold starts a hold on conn, whose lock was granted no later than
 // granted.
-func newHold(l *Locker, conn *sql.Conn, b backend, token uint64, granted time.Time) *hold {
+func newHold(l *Locker, conn *sql.Conn, b backend, granted time.Time) *hold {
 	h := &hold{
 		l:        l,
 		sess:     l.sess,
 		conn:     conn,
 		backend:  b,
 		pid:      b.pid,
-		token:    token,
 		lost:     make(chan struct{}),
 		durable:  make(chan struct{}),
 		stop:     make(chan struct{}),
@@ -222,27 +222,47 @@ func (h *hold) finish() {
 	destroy(h.conn)
 }
 
-// flushSQL makes the hold's fencing token durable. The token is the
-// transaction id of the lock statement, whose commit wrote no WAL of its
-// own and so was not flushed: a crash could forget it and hand the id out
-// again. This statement's transaction writes a logical message and its
-// commit is flushed (synchronous_commit is at least local on the pinned
-// session); WAL is flushed in order, so the earlier commit is durable
-// too. Running it after the grant, not in the lock statement, keeps the
-// flush off the takeover path: Token waits for it instead.
+// flushSQL is the hold's first statement, run after the grant, off the
+// takeover path (Token waits for it). It verifies that it runs on the
+// backend that took the lock, and that pg_locks shows the lock granted to
+// that backend, takes the hold's fencing token — the id
+// of its own transaction, assigned now that the lock is held, so greater
+// than any earlier holder's — and makes that id durable: the transaction
+// writes a logical message, and its commit is flushed (synchronous_commit
+// is at least local on the pinned session). A commit that was not flushed
+// could be forgotten by a crash and the id handed out again.
 //
-// It takes no parameter, so that both drivers send it as one simple query:
-// one round trip, parsed by the server, nothing prepared (see lockOn).
-const flushSQL = `SELECT pg_catalog.pg_logical_emit_message(true, 'onlyone', 'fencing token')::text`
+// It is sent with the key written in, not as a parameter, so that both
+// drivers send it as one simple query: one round trip, parsed by the
+// server, nothing prepared (see lockOn).
+func flushSQL(key int64) string {
+	classid, objid := KeyParts(key)
+	held := strings.NewReplacer("$1", strconv.FormatInt(int64(classid), 10), "$2", strconv.FormatInt(int64(objid), 10)).Replace(heldByMe)
+	return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.txid_current(), ` + held + `,
+	pg_catalog.pg_logical_emit_message(true, 'onlyone', 'fencing token')::text`
+}
 
-// flush runs flushSQL, the hold's first statement, and then marks the
-// token durable. Its error and dead are as beat's.
+// flush runs flushSQL and then marks the token durable. Its error and dead
+// are as beat's.
 func (h *hold) flush() (err error, dead bool) {
 	ctx, cancel := context.WithDeadline(context.Background(), h.lastSent().Add(h.l.cfg.loss+h.l.cfg.grace))
 	defer cancel()
-	if _, err := h.conn.ExecContext(ctx, flushSQL); err != nil {
-		return fmt.Errorf("making the fencing token durable: %w", err), ctx.Err() == nil && sessionEnded(err)
+	var (
+		pid   int
+		token int64
+		held  bool
+		lsn   string
+	)
+	if err := h.conn.QueryRowContext(ctx, flushSQL(h.l.key)).Scan(&pid, &token, &held, &lsn); err != nil {
+		return fmt.Errorf("taking the fencing token: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
+	if pid != h.pid {
+		return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, pid), false
+	}
+	if !held {
+		return fmt.Errorf("the server reported the lock taken but pg_locks does not show it held by backend %d", h.pid), false
+	}
+	h.token = uint64(token)
 	close(h.durable)
 	return nil, false
 }

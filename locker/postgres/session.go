@@ -534,7 +534,7 @@ func (r *run) drop(g *grant) <-chan struct{} {
 //     (the lowest; in shared mode, in place of the last one, $18), so
 //     that the Sessions holding these names count this one in step 3;
 //  7. report the wanted names still free, and a fencing token when it took
-//     any (a transaction id flushed to WAL, as lockSQL does).
+//     any (a transaction id flushed to WAL, as flushSQL does).
 const beatSQL = `SELECT s.pid, b.bell, l.live, l.bells, t.taken, f.forced, e.free, i.interest,
 	CASE WHEN pg_catalog.cardinality(t.taken) > 0 OR pg_catalog.cardinality(f.forced) > 0
 		THEN pg_catalog.txid_current() END,
