@@ -135,8 +135,9 @@ func Grace(l Locker) (time.Duration, bool) {
 type Fencer interface {
 	// Token returns the current hold's token and true while the lock is
 	// held, and 0 and false otherwise. Each hold's token is strictly
-	// greater than the token of every earlier hold of any lock of the
-	// same backend.
+	// greater than the token of every earlier hold of the same lock, and
+	// of every hold of any lock of the same backend that had ended before
+	// this one was granted.
 	Token() (uint64, bool)
 }
 

@@ -13,13 +13,17 @@ import (
 )
 
 // heldByMe is true when this session holds the advisory lock whose
-// classid and objid are $1 and $2. pid = pg_backend_pid() confines it to
-// this session's database. Every catalog object is schema-qualified, here
-// and in every statement of this package: a role's search_path must not be
-// able to put a look-alike of pg_locks or clock_timestamp() in their way.
-const heldByMe = `EXISTS (SELECT 1 FROM pg_catalog.pg_locks
-	WHERE locktype = 'advisory' AND classid::bigint = $1 AND objid::bigint = $2
+// classid and objid are the SQL expressions classid and objid (parameters
+// in setupSQL, literals in flushSQL). pid = pg_backend_pid() confines it
+// to this session's database. Every catalog object is schema-qualified,
+// here and in every statement of this package: a role's search_path must
+// not be able to put a look-alike of pg_locks or clock_timestamp() in
+// their way.
+func heldByMe(classid, objid string) string {
+	return `EXISTS (SELECT 1 FROM pg_catalog.pg_locks
+	WHERE locktype = 'advisory' AND classid::bigint = ` + classid + ` AND objid::bigint = ` + objid + `
 	  AND objsubid = 1 AND granted AND pid = pg_catalog.pg_backend_pid())`
+}
 
 // setupSQL configures the pinned session and reports what acquisition
 // needs to know, in one round trip. idle_session_timeout exists from
@@ -42,11 +46,11 @@ const heldByMe = `EXISTS (SELECT 1 FROM pg_catalog.pg_locks
 //   - the TCP settings that could end the session before SessionTimeout
 //     (tcp_user_timeout, tcp_keepalives_*), put back to the operating
 //     system's defaults where a server or role lowered them.
-const setupSQL = `SELECT pg_catalog.pg_backend_pid(),
+var setupSQL = `SELECT pg_catalog.pg_backend_pid(),
 	(SELECT backend_start::text FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()),
 	pg_catalog.current_setting('server_version_num')::int,
 	pg_catalog.pg_is_in_recovery(),
-	` + heldByMe + `,
+	` + heldByMe("$1", "$2") + `,
 	pg_catalog.concat_ws(',',
 		pg_catalog.set_config('application_name', $3, false),
 		pg_catalog.set_config('lock_timeout', $4, false),
@@ -253,8 +257,9 @@ func (l *Locker) signal(b backend, fn string) error {
 // 1ms, 2.3% at 2ms, 1.4% at 5ms).
 const checkInterval = 2 * time.Millisecond
 
-// lockOn sets up the session on conn, waits for the lock in chunks and
-// verifies it. The caller destroys conn when it returns an error. It
+// lockOn sets up the session on conn, waits for the lock in chunks, and
+// checks the answer's backend and that the server is a primary (pg_locks
+// is read by the hold's first statement, flushSQL). The caller destroys conn when it returns an error. It
 // stores the session's backend in b once it knows it.
 func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold, time.Time, error) {
 	classid, objid := KeyParts(l.key)

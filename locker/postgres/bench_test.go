@@ -11,8 +11,9 @@ import (
 )
 
 // BenchmarkAcquireRelease measures one uncontended hold: connect, set up
-// the session, lock, verify (with the fencing token's WAL flush), then
-// unlock and destroy the connection.
+// the session, lock, then unlock and destroy the connection (the hold's
+// first statement, the pg_locks check and the fencing token's WAL flush,
+// runs beside them and may be interrupted by the Release).
 func BenchmarkAcquireRelease(b *testing.B) {
 	srv := pglocal.Shared(b)
 	for _, d := range drivers {

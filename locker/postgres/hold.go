@@ -232,15 +232,21 @@ func (h *hold) finish() {
 // is at least local on the pinned session). A commit that was not flushed
 // could be forgotten by a crash and the id handed out again.
 //
-// It is sent with the key written in, not as a parameter, so that both
-// drivers send it as one simple query: one round trip, parsed by the
-// server, nothing prepared (see lockOn).
+// The key is written in, not sent as a parameter: lib/pq then sends it as
+// one simple query. pgx prepares it on the session's first use, in its own
+// statement cache, like every statement here with a result (a round trip
+// more, before Token, off the takeover path); nothing is prepared through
+// database/sql, whose statements must be closed (see lockOn).
 func flushSQL(key int64) string {
 	classid, objid := KeyParts(key)
-	held := strings.NewReplacer("$1", strconv.FormatInt(int64(classid), 10), "$2", strconv.FormatInt(int64(objid), 10)).Replace(heldByMe)
-	return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.txid_current(), ` + held + `,
+	return `SELECT pg_catalog.pg_backend_pid(), pg_catalog.txid_current(), ` +
+		heldByMe(strconv.FormatUint(uint64(classid), 10), strconv.FormatUint(uint64(objid), 10)) + `,
 	pg_catalog.pg_logical_emit_message(true, 'onlyone', 'fencing token')::text`
 }
+
+// errNotInPgLocks is the cause of a hold lost because pg_locks did not
+// show the lock granted to the holding backend after the grant.
+var errNotInPgLocks = errors.New("pg_locks does not show the lock held")
 
 // flush runs flushSQL and then marks the token durable. Its error and dead
 // are as beat's.
@@ -260,7 +266,7 @@ func (h *hold) flush() (err error, dead bool) {
 		return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, pid), false
 	}
 	if !held {
-		return fmt.Errorf("the server reported the lock taken but pg_locks does not show it held by backend %d", h.pid), false
+		return fmt.Errorf("the lock statement returned, but %w (backend %d, key %d)", errNotInPgLocks, h.pid, h.l.key), false
 	}
 	h.token = uint64(token)
 	close(h.durable)

@@ -132,7 +132,9 @@ func (l *Locker) Token() (uint64, bool) {
 	case <-h.durable:
 	case <-h.lost:
 	}
-	if h.endErr() != nil {
+	// Past the loss deadline the hold vouches for nothing, even where the
+	// loss timer has not run yet (this process was paused).
+	if !time.Now().Before(h.vouchedUntil()) {
 		return 0, false
 	}
 	return h.token, true
@@ -162,8 +164,9 @@ func (l *Locker) Err() error {
 
 // Acquire blocks until l holds the lock, ctx is done, or the database
 // fails. It pins one connection of the pool, sets up its session, waits in
-// chunks of WaitChunk, and verifies the lock in pg_locks before returning
-// nil. On any error or cancellation the connection is destroyed, never
+// chunks of WaitChunk, and returns nil on the server's own answer, from
+// the pinned session's backend, that the lock is granted there (pg_locks
+// confirms it before Token gives the hold's token out). On any error or cancellation the connection is destroyed, never
 // returned to the pool, so no lock is left behind. It returns an error
 // matching locker.ErrStandby on a standby server.
 //
