@@ -11,13 +11,15 @@
 // of the holder to the waiter's Acquire returning, p50 4.2ms pgx and 4.4ms
 // lib/pq against 1.6ms and 2.4ms for a raw pg_advisory_lock; Release to
 // the waiter's grant, p50 2.0–3.2ms. The paired benchmark
-// (bench/RESULTS.md, runs 5 and 6: fsync on, under package supervise, to
-// the next child's start) gives 5.2–5.5ms against 2.1–2.8ms for a raw
-// lock (1.9–2.6×), and 2.4–3.9ms for a graceful hand-over. Where the
-// difference goes (profiled there): the holder's backend, busy with its
-// heartbeat, notices that its client died only at its next connection
-// check (client_connection_check_interval, every 2ms) and then ends its
-// statement, and the lock statement reads pg_locks after the grant.
+// (bench/RESULTS.md, runs 5 to 7: fsync on, under package supervise, to
+// the next child's start) gives 5.1–5.8ms against 2.1–2.8ms for a raw
+// lock (1.9–2.8×), and 2.4–3.9ms for a graceful hand-over. Where the
+// difference goes (run 7): the holder's backend, busy with its heartbeat,
+// notices that its client died only at its next connection check
+// (client_connection_check_interval, every 2ms) — a raw lock that does
+// only that is 2.1× a raw lock — and the spare connection the holder
+// keeps for Release ends at the same moment and takes a core (a raw lock
+// with only that: 2.0×).
 //
 // # Guarantees
 //

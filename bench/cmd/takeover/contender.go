@@ -90,25 +90,25 @@ func rawContender(ctx context.Context, url, name, variant string) error {
 	if err != nil {
 		return err
 	}
+	if variant == "raw-spare" {
+		if err := db.PingContext(ctx); err != nil { // opens a second connection: the first is pinned
+			return err
+		}
+	}
 	if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", postgres.Key(name)); err != nil {
 		return err
 	}
 	say("start")
-	switch variant {
-	case "raw-busy":
+	defer say("stop") // also when SIGTERM cuts a statement below short
+	if variant == "raw-busy" {
 		if _, err := conn.ExecContext(ctx, "SET client_connection_check_interval = '2ms'"); err != nil {
 			return err
 		}
 		for ctx.Err() == nil {
 			_, _ = conn.ExecContext(context.Background(), "SELECT pg_sleep(1)")
 		}
-	case "raw-spare":
-		if err := db.PingContext(ctx); err != nil { // opens a second connection: the first is pinned
-			return err
-		}
 	}
 	<-ctx.Done()
-	say("stop")
 	return nil
 }
 
