@@ -262,8 +262,8 @@ func (h *hold) flush() (err error, dead bool) {
 	if err := h.conn.QueryRowContext(ctx, flushSQL(h.l.key)).Scan(&pid, &token, &held, &lsn); err != nil {
 		return fmt.Errorf("taking the fencing token: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
-	if pid != h.pid {
-		return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, pid), false
+	if err := h.samePid(pid); err != nil {
+		return err, false
 	}
 	if !held {
 		return fmt.Errorf("the lock statement returned, but %w (backend %d, key %d)", errNotInPgLocks, h.pid, h.l.key), false
@@ -301,8 +301,8 @@ func (h *hold) beat() (err error, dead bool) {
 		if !ok {
 			return nil, false
 		}
-		if p != h.pid {
-			return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, p), false
+		if err := h.samePid(p); err != nil {
+			return err, false
 		}
 		h.extend(sent)
 		return nil, false
@@ -310,11 +310,21 @@ func (h *hold) beat() (err error, dead bool) {
 	if err := h.conn.QueryRowContext(ctx, heartbeatSQL, h.l.cfg.heartbeat.Seconds()).Scan(&pid); err != nil {
 		return fmt.Errorf("heartbeat: %w", err), ctx.Err() == nil && sessionEnded(err)
 	}
-	if pid != h.pid {
-		return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, pid), false
+	if err := h.samePid(pid); err != nil {
+		return err, false
 	}
 	h.extend(sent)
 	return nil, false
+}
+
+// samePid returns an error matching ErrBackendChanged when pid, reported
+// by a statement on the hold's connection, is not the backend that took
+// the lock: a transaction-mode pooler moved the session.
+func (h *hold) samePid(pid int) error {
+	if pid != h.pid {
+		return fmt.Errorf("%w (pid %d, then %d)", ErrBackendChanged, h.pid, pid)
+	}
+	return nil
 }
 
 // sessionEnded reports whether err says that the server ended the session
