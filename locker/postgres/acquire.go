@@ -259,8 +259,9 @@ const checkInterval = 2 * time.Millisecond
 
 // lockOn sets up the session on conn, waits for the lock in chunks, and
 // checks the answer's backend and that the server is a primary (pg_locks
-// is read by the hold's first statement, flushSQL). The caller destroys conn when it returns an error. It
-// stores the session's backend in b once it knows it.
+// is read by the hold's first statement, flushSQL). The caller destroys
+// conn when it returns an error. It stores the session's backend in b
+// once it knows it.
 func (l *Locker) lockOn(ctx context.Context, conn *sql.Conn, b *backend) (*hold, time.Time, error) {
 	classid, objid := KeyParts(l.key)
 	var (

@@ -225,9 +225,9 @@ func (h *hold) finish() {
 // flushSQL is the hold's first statement, run after the grant, off the
 // takeover path (Token waits for it). It verifies that it runs on the
 // backend that took the lock, and that pg_locks shows the lock granted to
-// that backend, takes the hold's fencing token — the id
-// of its own transaction, assigned now that the lock is held, so greater
-// than any earlier holder's — and makes that id durable: the transaction
+// that backend; takes the hold's fencing token — the id of its own
+// transaction, assigned now that the lock is held, so greater than any
+// earlier holder's — and makes that id durable: the transaction
 // writes a logical message, and its commit is flushed (synchronous_commit
 // is at least local on the pinned session). A commit that was not flushed
 // could be forgotten by a crash and the id handed out again.

@@ -166,9 +166,10 @@ func (l *Locker) Err() error {
 // fails. It pins one connection of the pool, sets up its session, waits in
 // chunks of WaitChunk, and returns nil on the server's own answer, from
 // the pinned session's backend, that the lock is granted there (pg_locks
-// confirms it before Token gives the hold's token out). On any error or cancellation the connection is destroyed, never
-// returned to the pool, so no lock is left behind. It returns an error
-// matching locker.ErrStandby on a standby server.
+// confirms it before Token gives the hold's token out). On any error or
+// cancellation the connection is destroyed, never returned to the pool,
+// so no lock is left behind. It returns an error matching
+// locker.ErrStandby on a standby server.
 //
 // A grant counts only once the server has been a writable primary for
 // SessionTimeout: a restart, crash-reset or promotion frees every lock at
