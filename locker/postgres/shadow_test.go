@@ -17,7 +17,8 @@ import (
 // whose search_path puts, before pg_catalog, a schema with a
 // clock_timestamp() an hour ahead and an empty pg_locks: the Locker must
 // use the catalog's own, take the lock, read when the server started (no
-// warning that it cannot), and vouch for no more than LossTimeout ahead.
+// warning that it cannot), vouch for no more than LossTimeout ahead, and
+// confirm the lock in pg_locks before it hands out the fencing token.
 func TestUnprivilegedShadowedRole(t *testing.T) {
 	forEachDriver(t, func(t *testing.T, e *env) {
 		role := fmt.Sprintf("shadowed_%s", e.driver)
@@ -60,6 +61,11 @@ func TestUnprivilegedShadowedRole(t *testing.T) {
 		}
 		if pids := e.holders(t, l.Key()); len(pids) != 1 {
 			t.Fatalf("holders %v, want one", pids)
+		}
+		// The hold's first statement reads pg_locks (the catalog's, not
+		// the empty look-alike) before it hands out the token.
+		if _, ok := l.Token(); !ok {
+			t.Fatalf("no fencing token: the hold ended after its first statement: %v", l.Err())
 		}
 		if logs.contains("cannot read when the server last started") {
 			t.Fatalf("an unprivileged role could not read when the server started: %s", logs)
